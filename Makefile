@@ -1,0 +1,40 @@
+# make demo: the main job. make test: the test suite. Both build .venv first (fast when nothing changed).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 5000
+STORE := sqlite:///$(CURDIR)/mlflow.db
+
+.PHONY: setup demo test server ui clean
+
+setup: $(STAMP)
+
+# Rebuilt only when requirements.txt changes. grep drops pip's noise about missing local index folders.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+demo: setup
+	$(PY) -m pipeline demo
+
+test: setup
+	$(PY) -m pytest -q
+
+# A tracking server on this machine only (--host $(HOST)); point runs at it with
+#   export MLFLOW_TRACKING_URI=http://$(HOST):$(PORT)
+server: setup
+	$(VENV)/bin/mlflow server --host $(HOST) --port $(PORT) --backend-store-uri $(STORE) \
+		--artifacts-destination $(CURDIR)/mlartifacts
+
+# The UI over the embedded default store (the runs made without MLFLOW_TRACKING_URI).
+ui: setup
+	$(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) --backend-store-uri $(STORE)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,89 @@
+"""Command line: `python -m pipeline <entry> --key value ...`; parse, validate up front, dispatch, exit codes.
+
+Exit codes: 0 success, 1 internal error, 2 bad input (one line on stderr), 3 training diverged.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+from pipeline.config import PARAMS_FILE, build_config
+from pipeline.errors import EXIT_OK, EXIT_USAGE, UsageError
+
+# entry point -> (module, function) run with the validated config; imported only after validation
+ENTRIES = {"toy": ("pipeline.toy", "run_toy")}
+RUNNERS = {"demo": ("pipeline.demo", "run_demo")}  # commands without a params.yaml section
+LISTINGS = ("optimizers", "functions")
+
+USAGE = ("usage: python -m pipeline {" + ",".join([*ENTRIES, *RUNNERS, *LISTINGS]) + "} [--param value ...]\n"
+         "Defaults live in params.yaml; see README.md for every param.")
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, str]:
+    """`--key value` and `--key=value` pairs into a dict; values are taken verbatim (even '-2,-2')."""
+    overrides: dict[str, str] = {}
+    position = 0
+    while position < len(args):
+        token = args[position]
+        if not token.startswith("--") or token == "--":
+            raise UsageError(f"expected --param value, got {token!r}")
+        key, equals, value = token[2:].partition("=")
+        if not equals:
+            if position + 1 >= len(args):
+                raise UsageError(f"--{key} needs a value")
+            position += 1
+            value = args[position]
+        overrides[key.replace("-", "_")] = value
+        position += 1
+    return overrides
+
+
+def listing(name: str) -> str:
+    """The registry `name` as aligned text, one entry a line."""
+    if name == "optimizers":
+        from pipeline.optimizers import OPTIMIZERS
+        return "\n".join(f"{spec.name:<10} lr {spec.default_lr:<7g} {spec.summary}" for spec in OPTIMIZERS.values())
+    from pipeline.functions import FUNCTIONS
+    return "\n".join(f"{fn.name:<11} minimum {fn.f_min:g} at {', '.join(map(str, fn.minima))}  {fn.title}"
+                     for fn in FUNCTIONS.values())
+
+
+def entry_help(section: str) -> str:
+    """The entry point's params with their defaults and comments, straight from params.yaml."""
+    lines, inside = [], False
+    for line in PARAMS_FILE.read_text(encoding="utf-8").splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            inside = line.rstrip() == f"{section}:"
+            continue
+        if inside and line.strip():
+            lines.append(line)
+    return f"usage: python -m pipeline {section} [--param value ...]   (or: mlflow run . -e {section} " \
+           f"-P param=value)\nparams (defaults from {PARAMS_FILE.name}):\n" + "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one entry point; bad input gives one line on stderr and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return EXIT_OK if args else EXIT_USAGE
+    command, rest = args[0], args[1:]
+    try:
+        if command in RUNNERS:
+            module, function = RUNNERS[command]
+            return getattr(importlib.import_module(module), function)()
+        if command in LISTINGS:
+            print(listing(command))
+            return EXIT_OK
+        if command not in ENTRIES:
+            raise UsageError(f"unknown entry point {command!r}; choose one of: {', '.join([*ENTRIES, *RUNNERS, *LISTINGS])}")
+        if {"-h", "--help"} & set(rest):
+            print(entry_help(command))
+            return EXIT_OK
+        config = build_config(command, parse_overrides(rest))
+        module, function = ENTRIES[command]
+        return getattr(importlib.import_module(module), function)(config)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,145 @@
+"""Typed, frozen configs per entry point: params.yaml defaults, then overrides, validated once up front."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from pipeline.errors import UsageError
+from pipeline.functions import get_function
+from pipeline.optimizers import resolve_hparams
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = PROJECT_ROOT / "params.yaml"
+
+# Strings that mean "not set" for optional params (e.g. `-P lr=` or `-P lr=default`).
+_UNSET = {"", "none", "null", "default"}
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """One optimizer descending one 2-D test function."""
+
+    optimizer: str
+    function: str
+    lr: float | None  # None: the optimizer's own default
+    momentum: float | None
+    weight_decay: float | None
+    steps: int
+    start: str  # "x,y", "default" (the function's own start) or "random" (seeded, inside the plot window)
+    tolerance: float  # converged once loss - f_min <= tolerance
+    seed: int
+    experiment: str
+
+    def __post_init__(self) -> None:
+        get_function(self.function)
+        _check_hparams(self.lr, self.momentum, self.weight_decay)
+        resolve_hparams(self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
+        _require(self.tolerance >= 0, "tolerance", self.tolerance, "a number >= 0")
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+        if self.start not in ("default", "random"):
+            parse_point(self.start)
+
+    def start_point(self) -> tuple[float, float] | None:
+        """The explicit start as (x, y), or None for 'default' / 'random'."""
+        return None if self.start in ("default", "random") else parse_point(self.start)
+
+
+CONFIGS: dict[str, type] = {"toy": ToyConfig}
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """'x,y' -> (x, y) with both finite, else a UsageError."""
+    parts = text.split(",")
+    try:
+        x, y = (float(part) for part in parts)
+    except ValueError:
+        raise UsageError(f"start: expected two numbers 'x,y' (or 'default', 'random'), got {text!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise UsageError(f"start: both coordinates must be finite, got {text!r}")
+    return x, y
+
+
+def _check_hparams(lr: float | None, momentum: float | None, weight_decay: float | None) -> None:
+    """Ranges of the tunable optimizer hyper-parameters (None: the optimizer's own default)."""
+    _require(lr is None or lr > 0, "lr", lr, "a number > 0")
+    _require(momentum is None or 0 <= momentum < 1, "momentum", momentum, "a number in [0, 1)")
+    _require(weight_decay is None or weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
+
+
+def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise UsageError(f"{name}: expected {expected}, got {value!r}")
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    """Turn a YAML value or a command-line string into the field's type, or raise a UsageError."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind):
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in _UNSET):
+            return None
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    text = str(raw).strip()
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise UsageError(f"{name}: expected true or false, got {raw!r}")
+    if kind is int:
+        if isinstance(raw, bool) or not text.lstrip("+-").isdigit():
+            raise UsageError(f"{name}: expected an integer, got {raw!r}")
+        return int(text)
+    if kind is float:
+        try:
+            number = float(text) if not isinstance(raw, bool) else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise UsageError(f"{name}: expected a finite number, got {raw!r}")
+        return number
+    return text
+
+
+def load_defaults(section: str, params_file: Path = PARAMS_FILE) -> dict[str, Any]:
+    """The defaults for one entry point from params.yaml."""
+    with open(params_file, encoding="utf-8") as handle:
+        document = yaml.safe_load(handle) or {}
+    if section not in document:
+        raise UsageError(f"{params_file} has no section {section!r}")
+    return dict(document[section])
+
+
+def build_config(section: str, overrides: Mapping[str, str] | None = None,
+                 params_file: Path = PARAMS_FILE) -> Any:
+    """params.yaml's section, overridden by `overrides`, as the section's frozen, validated config."""
+    cls = CONFIGS[section]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = load_defaults(section, params_file)
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            hint = difflib.get_close_matches(key, fields, n=1)
+            maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise UsageError(f"unknown param {key!r} for {section}{maybe}; valid: {', '.join(sorted(fields))}")
+        values[key] = value
+    missing = fields - set(values)
+    if missing:
+        raise UsageError(f"{params_file} lacks {section}.{', '.join(sorted(missing))}")
+    hints = typing.get_type_hints(cls)
+    typed = {name: _coerce(name, values[name], hints[name]) for name in fields}
+    return cls(**typed)
+
+
+def as_params(config: Any) -> dict[str, str]:
+    """The config as flat string params for logging."""
+    return {key: "" if value is None else str(value) for key, value in dataclasses.asdict(config).items()}

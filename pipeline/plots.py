@@ -1,0 +1,136 @@
+"""Figures for talks: every function returns a matplotlib Figure and never saves or shows it."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI, servers and `mlflow run` have no display
+
+import numpy as np  # noqa: E402
+from matplotlib import colors, ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from pipeline.functions import Function2D  # noqa: E402
+
+Paths = Mapping[str, np.ndarray]  # label -> (T, 2) positions
+_GRID = 300  # points per axis for contours and surfaces
+_FLOOR = 1e-12  # smallest gap to f_min drawn on log axes
+
+
+def _colors(count: int) -> list:
+    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
+def _finite(path: np.ndarray) -> np.ndarray:
+    """The leading run of finite positions (a diverged path ends where it left the reals)."""
+    ok = np.isfinite(path).all(axis=1)
+    stop = len(ok) if ok.all() else int(np.argmin(ok))
+    return path[:stop]
+
+
+def _bounds(fn: Function2D, paths: Paths) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The plot window widened to hold the paths, but never beyond three times its own size."""
+    out = []
+    for axis, (low, high) in enumerate(fn.window):
+        span = high - low
+        points = [p[:, axis] for p in map(_finite, paths.values()) if len(p)]
+        lo = min([low] + [float(v.min()) for v in points])
+        hi = max([high] + [float(v.max()) for v in points])
+        margin = 0.05 * (hi - lo)
+        out.append((max(lo - margin, low - span), min(hi + margin, high + span)))
+    return out[0], out[1]
+
+
+def _grid(fn: Function2D, paths: Paths):
+    (x0, x1), (y0, y1) = _bounds(fn, paths)
+    xs, ys = np.meshgrid(np.linspace(x0, x1, _GRID), np.linspace(y0, y1, _GRID))
+    with np.errstate(over="ignore", invalid="ignore"):  # steep functions overflow far out; inf is fine
+        return xs, ys, fn(xs, ys)
+
+
+def _height(fn: Function2D, values: np.ndarray) -> np.ndarray:
+    """What the surface plot draws: f itself, or log10(1 + f - f_min) for steep functions."""
+    return np.log10(1.0 + np.maximum(values - fn.f_min, 0.0)) if fn.log_scale else values
+
+
+def contour_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Figure:
+    """Filled contours of `fn` with each path, its start and end, and the known minima."""
+    fig = Figure(figsize=(7.5, 6.0), layout="constrained")
+    ax = fig.add_subplot()
+    xs, ys, zs = _grid(fn, paths)
+    if fn.log_scale:
+        gap = np.maximum(zs - fn.f_min, _FLOOR)
+        # Whole decades at the ends, so the colour bar's ticks land on powers of ten.
+        low, high = np.floor(np.log10(max(gap.min(), 1e-3))), np.ceil(np.log10(gap.max()))
+        levels = np.logspace(low, high, int(4 * (high - low)) + 1)
+        filled = ax.contourf(xs, ys, gap, levels=levels, norm=colors.LogNorm(), cmap="viridis", extend="min")
+        fig.colorbar(filled, ax=ax, label="f(x, y) − f_min (log scale)", ticks=ticker.LogLocator(),
+                     format=ticker.LogFormatterSciNotation())
+    else:
+        filled = ax.contourf(xs, ys, zs, levels=30, cmap="viridis")
+        fig.colorbar(filled, ax=ax, label="f(x, y)")
+    ax.contour(xs, ys, zs, levels=filled.levels if not fn.log_scale else fn.f_min + levels,
+               colors="white", linewidths=0.3, alpha=0.5)
+    _draw_paths(ax, paths)
+    minima = np.asarray(fn.minima)
+    ax.scatter(minima[:, 0], minima[:, 1], marker="*", s=260, c="gold", edgecolors="black", zorder=5,
+               label="global minimum")
+    ax.set(xlabel="x", ylabel="y", title=title or f"{fn.title}: descent paths")
+    ax.legend(loc="upper right", fontsize="small", framealpha=0.85)
+    return fig
+
+
+def _draw_paths(ax, paths: Paths) -> None:
+    for (label, raw), color in zip(paths.items(), _colors(len(paths))):
+        path = _finite(raw)
+        if not len(path):
+            continue
+        ax.plot(path[:, 0], path[:, 1], "-", color=color, lw=1.8, label=label, zorder=3)
+        ax.scatter(*path[0], marker="o", s=70, color=color, edgecolors="black", zorder=4)
+        ax.scatter(*path[-1], marker="X", s=110, color=color, edgecolors="black", zorder=4)
+    ax.scatter([], [], marker="o", c="lightgray", edgecolors="black", label="start")
+    ax.scatter([], [], marker="X", c="lightgray", edgecolors="black", label="end")
+
+
+def surface_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Figure:
+    """A 3-D surface of `fn` with each path drawn on it."""
+    fig = Figure(figsize=(8.0, 6.5), layout="constrained")
+    # computed_zorder=False: draw in call order, so the paths stay on top of the surface.
+    ax = fig.add_subplot(projection="3d", computed_zorder=False)
+    xs, ys, zs = _grid(fn, paths)
+    ax.plot_surface(xs, ys, _height(fn, zs), cmap="viridis", alpha=0.55, linewidth=0, antialiased=True,
+                    rcount=80, ccount=80)
+    for (label, raw), color in zip(paths.items(), _colors(len(paths))):
+        path = _finite(raw)
+        if not len(path):
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            heights = _height(fn, fn(path[:, 0], path[:, 1]))
+        ax.plot(path[:, 0], path[:, 1], heights, "-", color=color, lw=2.2, label=label, zorder=10)
+        ax.scatter(path[0, 0], path[0, 1], heights[0], marker="o", s=50, color=color, edgecolors="black")
+        ax.scatter(path[-1, 0], path[-1, 1], heights[-1], marker="X", s=80, color=color, edgecolors="black")
+    minima = np.asarray(fn.minima)
+    ax.scatter(minima[:, 0], minima[:, 1], _height(fn, np.full(len(minima), fn.f_min)), marker="*", s=200,
+               c="gold", edgecolors="black", label="global minimum")
+    zlabel = "log10(1 + f − f_min)" if fn.log_scale else "f(x, y)"
+    ax.set(xlabel="x", ylabel="y", zlabel=zlabel, title=title or f"{fn.title}: surface and paths")
+    ax.view_init(elev=35, azim=-60)
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def loss_figure(fn: Function2D, losses: Mapping[str, np.ndarray], title: str | None = None) -> Figure:
+    """Gap to the minimum, f - f_min, against step on a log axis, one line per label."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for (label, loss), color in zip(losses.items(), _colors(len(losses))):
+        gap = np.asarray(loss, dtype=float) - fn.f_min
+        gap = np.where(np.isfinite(gap), np.maximum(gap, _FLOOR), np.nan)
+        ax.plot(np.arange(len(gap)), gap, color=color, lw=1.8, label=label)
+    ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="f(x, y) − f_min (log scale)", title=title or f"{fn.title}: loss")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig

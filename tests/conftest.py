@@ -1,0 +1,49 @@
+"""Shared fixtures: a real MLflow SQLite store in a temporary folder, and a clean environment for runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
+_RUN_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
+
+
+@pytest.fixture(scope="session")
+def store_uri(tmp_path_factory) -> str:
+    """One SQLite tracking store for the session (creating its tables takes seconds)."""
+    folder = tmp_path_factory.mktemp("store")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking(store_uri, monkeypatch, tmp_path):
+    """Point MLflow at the session store from a clean environment; returns an MlflowClient."""
+    import mlflow
+
+    for name in _RUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(store_uri)
+    yield mlflow.MlflowClient(store_uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` from the repo root in a fresh process, capturing text output."""
+    merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=merged, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def runs_of(client, experiment: str) -> list:
+    """Every run of `experiment` in the store, newest first."""
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"experiment {experiment!r} was not created"
+    return client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])

@@ -1,0 +1,73 @@
+"""Config: params.yaml holds every default and validates; overrides are typed and checked up front."""
+import dataclasses
+
+import pytest
+import yaml
+
+from pipeline.config import CONFIGS, PARAMS_FILE, build_config, parse_point
+from pipeline.errors import UsageError
+
+
+def test_params_yaml_has_a_complete_section_per_entry_point():
+    document = yaml.safe_load(PARAMS_FILE.read_text())
+    for section, cls in CONFIGS.items():
+        assert set(document[section]) == {f.name for f in dataclasses.fields(cls)}, section
+
+
+@pytest.mark.parametrize("section", list(CONFIGS))
+def test_defaults_validate(section):
+    config = build_config(section)
+    assert dataclasses.asdict(config)  # built without error, every field set
+
+
+def test_overrides_are_typed_and_win_over_params_yaml():
+    config = build_config("toy", {"optimizer": "nesterov", "lr": "1e-3", "steps": "20", "start": "-2,-2.5",
+                                  "momentum": "0.8"})
+    assert (config.optimizer, config.lr, config.steps, config.momentum) == ("nesterov", 0.001, 20, 0.8)
+    assert config.start_point() == (-2.0, -2.5)
+
+
+def test_unset_words_restore_the_optimizers_default_lr():
+    for word in ("", "none", "default", "null"):
+        assert build_config("toy", {"lr": word}).lr is None
+
+
+def test_config_is_frozen():
+    config = build_config("toy")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"optimizer": "nope"}, "unknown optimizer 'nope'; choose one of: sgd, momentum"),
+    ({"function": "x"}, "unknown function 'x'; choose one of: ackley"),
+    ({"lr": "-1"}, "lr: expected a number > 0, got -1.0"),
+    ({"lr": "nan"}, "lr: expected a finite number, got 'nan'"),
+    ({"lr": "abc"}, "lr: expected a finite number, got 'abc'"),
+    ({"steps": "0"}, "steps: expected an integer >= 1, got 0"),
+    ({"steps": "2.5"}, "steps: expected an integer, got '2.5'"),
+    ({"start": "1"}, "start: expected two numbers 'x,y'"),
+    ({"start": "1,inf"}, "start: both coordinates must be finite"),
+    ({"momentum": "1.5", "optimizer": "sgd"}, "momentum: expected a number in [0, 1), got 1.5"),
+    ({"momentum": "0.5", "optimizer": "adam"}, "optimizer 'adam' does not take momentum"),
+    ({"tolerance": "-1"}, "tolerance: expected a number >= 0"),
+    ({"optimzer": "adam"}, "unknown param 'optimzer' for toy (did you mean 'optimizer'?)"),
+])
+def test_bad_values_name_the_param_and_the_valid_choices(overrides, message):
+    with pytest.raises(UsageError) as caught:
+        build_config("toy", overrides)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_parse_point():
+    assert parse_point(" 1.5, -2 ") == (1.5, -2.0)
+    with pytest.raises(UsageError):
+        parse_point("1,2,3")
+
+
+def test_a_broken_params_file_is_reported(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("toy:\n  optimizer: adam\n")
+    with pytest.raises(UsageError, match="lacks toy.experiment"):
+        build_config("toy", params_file=params)
