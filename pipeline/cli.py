@@ -12,7 +12,7 @@ from pipeline.config import PARAMS_FILE, build_config
 from pipeline.errors import EXIT_OK, EXIT_USAGE, UsageError
 
 # entry point -> (module, function) run with the validated config; imported only after validation
-ENTRIES = {"toy": ("pipeline.toy", "run_toy")}
+ENTRIES = {"toy": ("pipeline.toy", "run_toy"), "cifar": ("pipeline.cifar", "run_cifar")}
 RUNNERS = {"demo": ("pipeline.demo", "run_demo")}  # commands without a params.yaml section
 LISTINGS = ("optimizers", "functions")
 

@@ -56,7 +56,58 @@ class ToyConfig:
         return None if self.start in ("default", "random") else parse_point(self.start)
 
 
-CONFIGS: dict[str, type] = {"toy": ToyConfig}
+SCHEDULERS = ("none", "cosine", "onecycle")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class CifarConfig:
+    """One optimizer training one model on CIFAR-10."""
+
+    optimizer: str
+    lr: float | None  # None: the optimizer's own default
+    momentum: float | None
+    weight_decay: float | None
+    scheduler: str  # none | cosine | onecycle, stepped every batch
+    model: str
+    pretrained: bool
+    data_dir: str
+    download: bool
+    train_limit: int  # images, 0 = all
+    val_limit: int
+    batch_size: int
+    epochs: int
+    seed: int  # initial weights, data order and augmentation
+    device: str  # auto | cuda | cpu
+    bf16: bool  # bf16 autocast, on CUDA only
+    channels_last: bool  # on CUDA only
+    target_acc: float  # val_acc (a fraction) whose first crossing time_to_target records
+    resume: bool  # continue the latest unfinished run with this config from its checkpoint
+    system_metrics: bool  # CPU/GPU/memory figures in the run, every 10 s
+    log_model: bool  # log the trained model with mlflow.pytorch.log_model
+    experiment: str
+
+    def __post_init__(self) -> None:
+        from pipeline.models import MODELS  # torchvision loads lazily: only cifar configs need it
+
+        _check_hparams(self.lr, self.momentum, self.weight_decay)
+        resolve_hparams(self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        _require(self.scheduler in SCHEDULERS, "scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}")
+        _require(self.model in MODELS, "model", self.model, f"one of {', '.join(MODELS)}")
+        if self.pretrained and not MODELS[self.model].has_pretrained:
+            with_weights = ", ".join(name for name, spec in MODELS.items() if spec.has_pretrained)
+            raise UsageError(f"pretrained: model {self.model!r} has no pretrained weights; only {with_weights}")
+        _require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
+        _require(bool(self.data_dir.strip()), "data_dir", self.data_dir, "a folder")
+        for name in ("train_limit", "val_limit", "seed"):
+            _require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0 (0 = all / default)")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")
+        _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+
+
+CONFIGS: dict[str, type] = {"toy": ToyConfig, "cifar": CifarConfig}
 
 
 def parse_point(text: str) -> tuple[float, float]:

@@ -93,3 +93,19 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter] | Iterable[d
                     **overrides: float | None) -> torch.optim.Optimizer:
     """Build the named optimizer over `params`; overrides left None keep the optimizer's own defaults."""
     return get_spec(name).cls(params, **resolve_hparams(name, **overrides))
+
+
+def build_scheduler(name: str, optimizer: torch.optim.Optimizer,
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """An lr schedule stepped once per batch over `total_steps`: none, cosine (to 0) or onecycle (peak = lr)."""
+    if name == "none":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if name == "onecycle":
+        group = optimizer.param_groups[0]
+        # OneCycle also cycles momentum, but only optimizers that have one (SGD momentum > 0, Adam's beta1).
+        cycles = "betas" in group or group.get("momentum", 0) > 0
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=group["lr"], total_steps=total_steps,
+                                                   cycle_momentum=cycles)
+    raise UsageError(f"unknown scheduler {name!r}; choose one of: none, cosine, onecycle")

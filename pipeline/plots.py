@@ -1,7 +1,7 @@
 """Figures for talks: every function returns a matplotlib Figure and never saves or shows it."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -133,4 +133,43 @@ def loss_figure(fn: Function2D, losses: Mapping[str, np.ndarray], title: str | N
     ax.set(xlabel="step", ylabel="f(x, y) − f_min (log scale)", title=title or f"{fn.title}: loss")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
+    return fig
+
+
+def curves_figure(histories: Mapping[str, Sequence[Mapping[str, float]]], title: str = "Training curves") -> Figure:
+    """Loss and accuracy against epoch, train dashed and validation solid, one colour per label."""
+    fig = Figure(figsize=(11.0, 4.5), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for (label, history), color in zip(histories.items(), _colors(len(histories))):
+        epochs = np.arange(1, len(history) + 1)
+        for split, style in (("train", "--"), ("val", "-")):
+            loss_ax.plot(epochs, [row[f"{split}_loss"] for row in history], style, color=color, marker="o",
+                         ms=3, label=f"{label} {split}")
+            acc_ax.plot(epochs, [100 * row[f"{split}_acc"] for row in history], style, color=color, marker="o",
+                        ms=3, label=f"{label} {split}")
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix") -> Figure:
+    """Row-normalised confusion matrix (true class per row) with the counts written in each cell."""
+    confusion = np.asarray(confusion)
+    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    fig = Figure(figsize=(8.0, 7.0), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    for row, col in np.ndindex(confusion.shape):
+        ax.text(col, row, str(confusion[row, col]), ha="center", va="center", fontsize=8,
+                color="white" if rates[row, col] > 0.5 else "black")
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
     return fig

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import sys
 
 import numpy as np
 import torch
@@ -78,8 +79,9 @@ def run_toy(cfg: ToyConfig) -> int:
         log_trajectory(run.run_id, fn, traj, cfg.optimizer)
         tags = outcome_tags(traj)
         tracking.set_tags(tags)
-        print(summary_line(cfg, traj, tags, run.run_id))
-        if tags["diverged"] == "true":
+        diverged = tags["diverged"] == "true"
+        print(summary_line(cfg, traj, tags, run.run_id), file=sys.stderr if diverged else sys.stdout)
+        if diverged:
             run.fail()
             return EXIT_DIVERGED
     return EXIT_OK

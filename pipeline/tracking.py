@@ -4,12 +4,15 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import unquote
 
 import mlflow
+import mlflow.data
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -57,15 +60,23 @@ class RunHandle:
         self.status = RunStatus.to_string(RunStatus.FAILED)
 
 
-@contextmanager
-def tracked_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[RunHandle]:
-    """Start a run, or continue the one `mlflow run` made (MLFLOW_RUN_ID); it ends FAILED on errors."""
+def experiment_id_for(experiment: str) -> str:
+    """The experiment runs go to: MLFLOW_EXPERIMENT_ID / _NAME when set (as by `mlflow run`), else `experiment`."""
     mlflow.set_tracking_uri(tracking_uri())
-    experiment_chosen = any(os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
-                                                          "MLFLOW_EXPERIMENT_NAME"))
-    experiment_id = None if experiment_chosen else ensure_experiment(experiment)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=None if os.environ.get("MLFLOW_RUN_ID")
-                           else run_name, tags=dict(tags or {}))
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    return ensure_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
+
+
+@contextmanager
+def tracked_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
+                run_id: str | None = None, system_metrics: bool = False) -> Iterator[RunHandle]:
+    """Start a run, or continue one (`run_id`, or MLFLOW_RUN_ID from `mlflow run`); it ends FAILED on errors."""
+    run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
+    experiment_id = None if run_id else experiment_id_for(experiment)
+    mlflow.set_tracking_uri(tracking_uri())
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name,
+                           tags=dict(tags or {}), log_system_metrics=system_metrics)
     handle = RunHandle(run.info.run_id)
     try:
         yield handle
@@ -100,6 +111,56 @@ def log_metric_series(run_id: str, series: Mapping[str, Sequence[float]], steps:
         client.log_batch(run_id, metrics=metrics[begin: begin + _BATCH])
         calls += 1
     return calls
+
+
+def log_epoch_metrics(run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """One epoch's metrics in one call, sent off the training thread (flushed when the run ends)."""
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+    MlflowClient().log_batch(run_id, metrics=batch, synchronous=False)
+
+
+def log_dataset(name: str, features: Any, targets: Any, source: str, digest: str, context: str) -> None:
+    """Record which data the active run used (name, source folder, size, digest) with mlflow.log_input."""
+    with warnings.catch_warnings():  # a local folder matches two equivalent source kinds; either is right
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(features, targets=targets, source=str(Path(source).resolve()),
+                                         name=name, digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+def log_file(local_path: str | Path, artifact_path: str | None = None) -> None:
+    """Copy a local file into the active run's artifacts (under the folder `artifact_path`)."""
+    mlflow.log_artifact(str(local_path), artifact_path)
+
+
+def download(run_id: str, artifact_path: str, folder: str | Path) -> Path | None:
+    """A run's artifact copied into `folder`; None when the run has no such artifact."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for one small file
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                        dst_path=str(folder)))
+    except (OSError, mlflow.exceptions.MlflowException):
+        return None
+
+
+def log_pytorch_model(model: Any, input_example: Any, name: str = "model") -> str:
+    """Log a torch model with its signature (inferred from `input_example`); returns its model URI."""
+    import mlflow.pytorch  # noqa: PLC0415 - loads torch-specific MLflow code only when a model is logged
+
+    requirements = [f"{package}=={version(package)}" for package in ("torch", "torchvision", "mlflow", "numpy")]
+    info = mlflow.pytorch.log_model(model, name=name, input_example=input_example, pip_requirements=requirements)
+    return info.model_uri
+
+
+def find_resumable_run(experiment: str, config_hash: str) -> str | None:
+    """The newest run of `experiment` with this config hash that did not finish (crashed, killed, failed)."""
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id_for(experiment)],
+                              filter_string=f"tags.config_hash = '{config_hash}'",
+                              order_by=["attributes.start_time DESC"], max_results=20)
+    unfinished = [run for run in runs if run.info.status != "FINISHED"]
+    return unfinished[0].info.run_id if unfinished else None
 
 
 def log_figure(figure: Any, artifact_file: str) -> None:

@@ -47,3 +47,36 @@ def runs_of(client, experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"experiment {experiment!r} was not created"
     return client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+
+
+def artifact_files(client, run_id: str, folder: str = "") -> set[str]:
+    """Every artifact file path of a run, recursively."""
+    files = set()
+    for item in client.list_artifacts(run_id, folder or None):
+        files |= artifact_files(client, run_id, item.path) if item.is_dir else {item.path}
+    return files
+
+
+def metric_history(client, run_id: str, key: str):
+    """(steps, values) of one metric, in step order."""
+    import numpy as np
+
+    points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+    return [m.step for m in points], np.array([m.value for m in points])
+
+
+def new_experiment() -> str:
+    """A fresh experiment name, so tests sharing the store never see each other's runs."""
+    import uuid
+
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def mlflow_run(entry: str, *params: str, experiment: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`mlflow run . -e ENTRY --env-manager local -P ...` as a user would type it, with this venv first on PATH."""
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
+               "--experiment-name", experiment]
+    for param in params:
+        command += ["-P", param]
+    return subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout)

@@ -2,15 +2,12 @@
 import csv
 import io
 import os
-import subprocess
-import sys
 import time
-import uuid
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, runs_of
+from conftest import artifact_files, mlflow_run, metric_history, new_experiment, run_cli, runs_of
 from pipeline import tracking as tracking_module
 from pipeline.config import build_config
 from pipeline.toy import run_toy
@@ -19,24 +16,8 @@ PLOTS = {"plots/contour.png", "plots/surface.png", "plots/loss.png"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _experiment() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}"
-
-
-def _artifact_files(client, run_id: str, folder: str = "") -> set[str]:
-    files = set()
-    for item in client.list_artifacts(run_id, folder or None):
-        files |= _artifact_files(client, run_id, item.path) if item.is_dir else {item.path}
-    return files
-
-
-def _history(client, run_id: str, key: str) -> tuple[list[int], np.ndarray]:
-    points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-    return [m.step for m in points], np.array([m.value for m in points])
-
-
 def test_cli_run_logs_params_metrics_tags_and_artifacts(tracking):
-    experiment = _experiment()
+    experiment = new_experiment()
     done = run_cli("toy", "--optimizer", "nesterov", "--function", "rosenbrock", "--lr", "0.001",
                    "--steps", "3000", "--experiment", experiment)
     assert done.returncode == 0, done.stderr
@@ -51,12 +32,12 @@ def test_cli_run_logs_params_metrics_tags_and_artifacts(tracking):
     assert tags["task"] == "toy" and tags["converged"] == "true" and tags["diverged"] == "false"
     last = int(tags["converged_step"])
     for key in ("loss", "grad_norm", "distance_to_min"):
-        steps, values = _history(tracking, run.info.run_id, key)
+        steps, values = metric_history(tracking, run.info.run_id, key)
         assert steps == list(range(last + 1)), key
         assert np.isfinite(values).all()
-    _, loss = _history(tracking, run.info.run_id, "loss")
+    _, loss = metric_history(tracking, run.info.run_id, "loss")
     assert loss[-1] <= 1e-6 < loss[0]
-    assert _artifact_files(tracking, run.info.run_id) == PLOTS | {"trajectory.csv", "config.json"}
+    assert artifact_files(tracking, run.info.run_id) == PLOTS | {"trajectory.csv", "config.json"}
     _check_artifact_contents(run, loss)
 
 
@@ -74,23 +55,23 @@ def _check_artifact_contents(run, loss: np.ndarray) -> None:
 
 
 def test_divergence_ends_the_run_failed_with_a_tag_and_exit_3(tracking):
-    experiment = _experiment()
+    experiment = new_experiment()
     done = run_cli("toy", "--optimizer", "sgd", "--function", "rosenbrock", "--lr", "10",
                    "--experiment", experiment)
     assert done.returncode == 3
     assert "Traceback" not in done.stderr
-    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
-        line for line in done.stderr.splitlines() if "diverged" in line]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rosenbrock diverged at step" in errors[0] and "smaller lr" in errors[0]
     (run,) = runs_of(tracking, experiment)
     assert run.info.status == "FAILED"
     assert run.data.tags["diverged"] == "true" and int(run.data.tags["diverged_step"]) > 0
-    assert _artifact_files(tracking, run.info.run_id) >= PLOTS
+    assert artifact_files(tracking, run.info.run_id) >= PLOTS
 
 
 @pytest.mark.parametrize("args", [["--optimizer", "nope"], ["--lr", "-1"], ["--steps", "0"],
                                   ["--function", "x"], ["--start", "1"], ["--bogus", "1"], ["--lr"]])
 def test_bad_input_is_one_line_exit_2_and_no_run(tracking, args):
-    experiment = _experiment()
+    experiment = new_experiment()
     began = time.monotonic()
     done = run_cli("toy", *args, "--experiment", experiment)
     assert done.returncode == 2
@@ -105,39 +86,30 @@ def test_metrics_go_out_in_batches_not_one_call_per_value(tracking, monkeypatch)
     original = tracking_module.log_metric_series
     monkeypatch.setattr(tracking_module, "log_metric_series",
                         lambda *a, **k: calls.append(original(*a, **k)) or calls[-1])
-    config = build_config("toy", {"optimizer": "adam", "steps": "500", "experiment": _experiment()})
+    config = build_config("toy", {"optimizer": "adam", "steps": "500", "experiment": new_experiment()})
     assert run_toy(config) == 0
     assert calls == [2]  # 3 metrics x 501 steps = 1503 values in 2 calls of at most 1000
 
 
-def _mlflow_run(*params: str, experiment: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "toy", "--env-manager", "local",
-               "--experiment-name", experiment]
-    for param in params:
-        command += ["-P", param]
-    return subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_mlflow_run_entry_point(tracking):
-    experiment = _experiment()
-    done = _mlflow_run("optimizer=nesterov", "function=rosenbrock", "start=-0.5,-0.5", "steps=300",
+    experiment = new_experiment()
+    done = mlflow_run("toy", "optimizer=nesterov", "function=rosenbrock", "start=-0.5,-0.5", "steps=300",
                        experiment=experiment)
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = runs_of(tracking, experiment)
     assert run.info.status == "FINISHED"
     assert run.data.params["start"] == "-0.5,-0.5" and run.data.params["momentum"] == "0.9"
     assert run.data.params["lr"] == "0.001"  # unset: the optimizer's own default, logged as used
-    steps, _ = _history(tracking, run.info.run_id, "distance_to_min")
+    steps, _ = metric_history(tracking, run.info.run_id, "distance_to_min")
     assert steps == list(range(301))
-    assert _artifact_files(tracking, run.info.run_id) >= PLOTS | {"trajectory.csv"}
+    assert artifact_files(tracking, run.info.run_id) >= PLOTS | {"trajectory.csv"}
 
 
 @pytest.mark.slow
 def test_mlflow_run_with_bad_input_leaves_no_run_running(tracking):
-    experiment = _experiment()
-    done = _mlflow_run("optimizer=nope", experiment=experiment)
+    experiment = new_experiment()
+    done = mlflow_run("toy", "optimizer=nope", experiment=experiment)
     assert done.returncode != 0
     assert "error: unknown optimizer 'nope'; choose one of: sgd" in done.stderr
     assert "Traceback" not in done.stderr

@@ -1,0 +1,176 @@
+"""End to end: the `cifar` entry point on the real CIFAR-10 subset against a real SQLite store."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from conftest import (REPO, SHARED_SUBSET, artifact_files, metric_history, mlflow_run, new_experiment, run_cli,
+                      runs_of)
+from pipeline.cifar import build_trainer
+from pipeline.config import build_config
+from pipeline.data import load_cifar10, normalize
+
+pytestmark = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
+
+EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "eval_time", "throughput", "lr",
+                 "best_val_acc"}
+ARTIFACTS = {"config.json", "plots/curves.png", "plots/confusion_matrix.png", "confusion_matrix.csv",
+             "per_class_accuracy.csv", "checkpoints/last.pt"}
+QUICK = ("--model", "tiny_cnn", "--data_dir", str(SHARED_SUBSET), "--system_metrics", "false")
+
+
+def _run(experiment: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_cli("cifar", *QUICK, "--experiment", experiment, *args, **kwargs)
+
+
+def _check_model_predicts(run, count: int = 5) -> None:
+    """The logged model loads both ways and gives the same (N, 10) logits."""
+    uri = f"runs:/{run.info.run_id}/model"
+    images = load_cifar10(SHARED_SUBSET, download=False, val_limit=count).test_x
+    batch = normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        torch_logits = mlflow.pytorch.load_model(uri)(batch).numpy()
+    pyfunc_logits = np.asarray(mlflow.pyfunc.load_model(uri).predict(batch.numpy()))
+    assert torch_logits.shape == pyfunc_logits.shape == (count, 10)
+    np.testing.assert_allclose(pyfunc_logits, torch_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_run_logs_epoch_metrics_artifacts_inputs_and_a_loadable_model(tracking):
+    experiment = new_experiment()
+    done = _run(experiment, "--optimizer", "adam", "--epochs", "2", "--train_limit", "512", "--val_limit", "256",
+                "--target_acc", "0.05", "--system_metrics", "true",
+                env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"})  # default 10 s: longer than this run
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "not the official release" in done.stdout and "epoch 2/2: train_loss" in done.stdout
+    (run,) = runs_of(tracking, experiment)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train_images"] == "512" and run.data.params["lr"] == "0.001"
+    for key in EPOCH_METRICS:
+        steps, values = metric_history(tracking, run.info.run_id, key)
+        assert steps == [1, 2] and np.isfinite(values).all(), key
+    assert metric_history(tracking, run.info.run_id, "time_to_target")[0] == [1]
+    assert any(key.startswith("system/cpu") for key in run.data.metrics)
+    assert artifact_files(tracking, run.info.run_id) >= ARTIFACTS
+    inputs = {i.dataset.name: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"cifar10-train", "cifar10-test"}
+    assert '"features_shape": [512, 32, 32, 3]' in inputs["cifar10-train"].profile
+    assert run.data.tags["data_official"] == "false" and run.data.tags["diverged"] == "false"
+    _check_model_predicts(run)
+
+
+def test_the_model_learns_on_real_images(tracking):
+    experiment = new_experiment()
+    done = _run(experiment, "--optimizer", "adam", "--lr", "0.01", "--epochs", "4", "--batch_size", "64",
+                "--log_model", "false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_of(tracking, experiment)
+    assert run.data.metrics["best_val_acc"] > 0.25  # chance is 0.10; 932 held-out real test images
+
+
+def test_every_optimizer_starts_from_the_same_weights_and_data_order():
+    arrays = load_cifar10(SHARED_SUBSET, download=False, train_limit=64, val_limit=32)
+    first, second = (build_trainer(build_config("cifar", {"optimizer": name, "model": "tiny_cnn"}), arrays,
+                                   torch.device("cpu")) for name in ("momentum", "adadelta"))
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    (xa, ya), (xb, yb) = next(iter(first.train_batches)), next(iter(second.train_batches))
+    torch.testing.assert_close(xa, xb)
+    assert torch.equal(ya, yb)
+
+
+def test_divergence_tags_the_run_and_exits_3(tracking):
+    experiment = new_experiment()
+    done = _run(experiment, "--optimizer", "sgd", "--lr", "1e30", "--epochs", "2", "--train_limit", "256",
+                "--val_limit", "64")
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "error: training diverged (train_loss is nan in epoch 1)" in done.stderr
+    (run,) = runs_of(tracking, experiment)
+    assert run.info.status == "FAILED" and run.data.tags["diverged"] == "true"
+    assert "model_uri" not in run.data.tags
+
+
+@pytest.mark.parametrize("args", [["--batch_size", "0"], ["--epochs", "-1"], ["--optimizer", "sgdd"],
+                                  ["--data_dir", "/nonexistent", "--download", "false"], ["--model", "vgg"],
+                                  ["--device", "tpu"], ["--resume", "maybe"]])
+def test_bad_input_is_one_line_exit_2_and_no_run(tracking, args):
+    experiment = new_experiment()
+    done = run_cli("cifar", *args, "--experiment", experiment)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
+    assert tracking.get_experiment_by_name(experiment) is None
+
+
+def test_missing_data_under_mlflow_run_leaves_no_run_running(tracking):
+    experiment = new_experiment()
+    done = mlflow_run("cifar", "data_dir=/nonexistent", "download=false", experiment=experiment)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "error: no CIFAR-10 in /nonexistent" in done.stderr
+    assert [run.info.status for run in runs_of(tracking, experiment)] == ["FAILED"]
+
+
+def test_resume_after_kill_9_continues_the_same_run_to_the_same_result(tracking):
+    args = ("--optimizer", "momentum", "--lr", "0.02", "--epochs", "4", "--train_limit", "2048",
+            "--val_limit", "256", "--log_model", "false")
+    reference, crashed = new_experiment(), new_experiment()
+    assert _run(reference, *args).returncode == 0
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "cifar", *QUICK, "--experiment", crashed, *args],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:  # kill -9 as soon as epoch 1 is done (its checkpoint follows within a second)
+        if line.startswith("epoch 1/4"):
+            time.sleep(1.0)
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    (dead,) = runs_of(tracking, crashed)
+    assert dead.info.status == "RUNNING"  # what a crash leaves behind
+    done = _run(crashed, *args, "--resume", "true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming run {dead.info.run_id} after epoch" in done.stdout
+    (resumed,) = runs_of(tracking, crashed)
+    assert resumed.info.status == "FINISHED"
+    (finished,) = runs_of(tracking, reference)
+    for key in ("train_loss", "val_loss", "val_acc"):
+        steps, values = metric_history(tracking, resumed.info.run_id, key)
+        _, expected = metric_history(tracking, finished.info.run_id, key)
+        assert sorted(set(steps)) == [1, 2, 3, 4], key
+        final = values[[i for i, s in enumerate(steps) if s == 4][-1]]
+        assert final == pytest.approx(expected[-1], rel=1e-6), key
+
+
+def test_resume_without_an_unfinished_run_is_a_usage_error(tracking):
+    experiment = new_experiment()
+    done = _run(experiment, "--resume", "true", "--epochs", "1")
+    assert done.returncode == 2 and "resume: no unfinished run" in done.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_run_cifar_resnet18_as_in_the_issue(tracking):
+    experiment = new_experiment()
+    done = mlflow_run("cifar", "optimizer=adam", "epochs=2", "train_limit=512", "val_limit=256",
+                      f"data_dir={SHARED_SUBSET}", experiment=experiment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_of(tracking, experiment)
+    assert run.info.status == "FINISHED" and run.data.params["model"] == "resnet18"
+    for key in EPOCH_METRICS:
+        assert metric_history(tracking, run.info.run_id, key)[0] == [1, 2], key
+    assert artifact_files(tracking, run.info.run_id) >= ARTIFACTS
+    _check_model_predicts(run, count=3)
+
+
+@pytest.mark.slow
+def test_notebook_model_with_adadelta_trains_and_logs_a_model(tracking):
+    experiment = new_experiment()
+    done = run_cli("cifar", "--model", "resnet18_imagenet", "--optimizer", "adadelta", "--epochs", "2",
+                   "--train_limit", "128", "--val_limit", "64", "--data_dir", str(SHARED_SUBSET),
+                   "--experiment", experiment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_of(tracking, experiment)
+    assert run.data.params["lr"] == "1.0"
+    assert metric_history(tracking, run.info.run_id, "val_acc")[0] == [1, 2]
+    _check_model_predicts(run, count=2)
