@@ -20,8 +20,9 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	touch $@
 
+# DATA=<folder holding cifar-10-batches-py> uses a local copy instead of downloading CIFAR-10.
 demo: setup
-	$(PY) -m pipeline demo
+	$(PY) -m pipeline demo $(if $(DATA),--data_dir "$(DATA)")
 
 test: setup
 	$(PY) -m pytest -q

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
-import json
 import os
 import sys
 import tempfile
@@ -16,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline import plots, tracking
-from pipeline.config import CifarConfig, as_params
+from pipeline.config import CifarConfig, as_params, code_version, config_hash
 from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10, normalize
 from pipeline.errors import EXIT_DIVERGED, EXIT_OK, DivergedError, UsageError
 from pipeline.models import build_model
@@ -24,7 +22,6 @@ from pipeline.optimizers import build_optimizer, build_scheduler, resolve_hparam
 from pipeline.train import FitState, Precision, fit
 
 CHECKPOINT = "checkpoints/last.pt"
-_NOT_IN_HASH = {"resume", "system_metrics", "log_model"}  # settings that do not change what is trained
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,12 +29,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("device: cuda was asked for but torch sees no CUDA device; use device=auto or cpu")
     return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def config_hash(cfg: CifarConfig) -> str:
-    """A short hash of everything that decides the training, to find the run that `resume` continues."""
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_HASH}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_data(cfg: CifarConfig) -> CifarArrays:
@@ -144,7 +135,7 @@ def log_final(cfg: CifarConfig, trainer: Trainer, confusion: np.ndarray, arrays:
         return None
     model = trainer.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
     example = normalize(torch.from_numpy(arrays.test_x[:2]).permute(0, 3, 1, 2)).numpy()
-    return tracking.log_pytorch_model(model, example)
+    return tracking.log_pytorch_model(model, example, cfg.model_name if cfg.register else None)
 
 
 def start_info(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -> tuple[dict, dict]:
@@ -153,7 +144,7 @@ def start_info(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -> t
     params = {**as_params(cfg), **{k: str(v) for k, v in hparams.items()},
               "train_images": str(len(arrays.train_y)), "val_images": str(len(arrays.test_y))}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    tags = {"task": "cifar", "config_hash": config_hash(cfg), "device": name,
+    tags = {"task": "cifar", "config_hash": config_hash(cfg), "code_version": code_version(), "device": name,
             "data_official": str(arrays.official).lower(), "data_digest": arrays.digest()}
     return params, tags
 
@@ -170,13 +161,18 @@ def resume_target(cfg: CifarConfig) -> str | None:
 
 
 def run_cifar(cfg: CifarConfig) -> int:
-    """Train, log every epoch, log the model; exit code 3 if the loss diverged."""
+    """The `cifar` entry point: one tracked training run; exit code 3 if the loss diverged."""
     device = resolve_device(cfg.device)
-    arrays = load_data(cfg)
-    run_id = resume_target(cfg)
+    return cifar_run(cfg, load_data(cfg), device)[1]
+
+
+def cifar_run(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
+              parent: tracking.RunHandle | None = None) -> tuple[str, int]:
+    """Train, log every epoch, log the model; returns (run id, exit code)."""
+    run_id = resume_target(cfg) if parent is None else None
     params, tags = start_info(cfg, arrays, device)
     with tracking.tracked_run(cfg.experiment, f"{cfg.optimizer}-{cfg.model}", tags, run_id=run_id,
-                              system_metrics=cfg.system_metrics) as run, \
+                              system_metrics=cfg.system_metrics, parent=parent) as run, \
             tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
         trainer = build_trainer(cfg, arrays, device)
         tracking.log_params(run.run_id, params)
@@ -197,7 +193,7 @@ def run_cifar(cfg: CifarConfig) -> int:
             print(f"error: training diverged ({error}); try a smaller lr. Run {run.run_id} is marked FAILED.",
                   file=sys.stderr)
             run.fail()
-            return EXIT_DIVERGED
+            return run.run_id, EXIT_DIVERGED
         tracking.set_tags({"diverged": "false", "target_reached": str(state.time_to_target is not None).lower()})
         if "confusion" in last:
             model_uri = log_final(cfg, trainer, last["confusion"], arrays)
@@ -205,4 +201,4 @@ def run_cifar(cfg: CifarConfig) -> int:
                 tracking.set_tags({"model_uri": model_uri})
         print(f"{cfg.optimizer} + {cfg.model}: best val_acc {state.best_val_acc:.2%} after {state.epoch} epochs "
               f"(run {run.run_id})")
-    return EXIT_OK
+    return run.run_id, EXIT_OK

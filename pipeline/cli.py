@@ -8,12 +8,13 @@ import importlib
 import sys
 from typing import Sequence
 
-from pipeline.config import PARAMS_FILE, build_config
+from pipeline.config import PARAMS_FILE, build_compare, build_config
 from pipeline.errors import EXIT_OK, EXIT_USAGE, UsageError
 
 # entry point -> (module, function) run with the validated config; imported only after validation
-ENTRIES = {"toy": ("pipeline.toy", "run_toy"), "cifar": ("pipeline.cifar", "run_cifar")}
-RUNNERS = {"demo": ("pipeline.demo", "run_demo")}  # commands without a params.yaml section
+ENTRIES = {"toy": ("pipeline.toy", "run_toy"), "cifar": ("pipeline.cifar", "run_cifar"),
+           "compare": ("pipeline.sweep", "run_compare"), "predict": ("pipeline.predict", "run_predict")}
+RUNNERS = {"demo": ("pipeline.demo", "run_demo", ("data_dir",))}  # commands without a params.yaml section
 LISTINGS = ("optimizers", "functions")
 
 USAGE = ("usage: python -m pipeline {" + ",".join([*ENTRIES, *RUNNERS, *LISTINGS]) + "} [--param value ...]\n"
@@ -71,8 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     try:
         if command in RUNNERS:
-            module, function = RUNNERS[command]
-            return getattr(importlib.import_module(module), function)()
+            module, function, accepted = RUNNERS[command]
+            options = parse_overrides(rest)
+            unknown = sorted(set(options) - set(accepted))
+            if unknown:
+                raise UsageError(f"unknown param {unknown[0]!r} for {command}; valid: {', '.join(accepted)}")
+            return getattr(importlib.import_module(module), function)(**options)
         if command in LISTINGS:
             print(listing(command))
             return EXIT_OK
@@ -81,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if {"-h", "--help"} & set(rest):
             print(entry_help(command))
             return EXIT_OK
-        config = build_config(command, parse_overrides(rest))
+        overrides = parse_overrides(rest)
+        config = build_compare(overrides) if command == "compare" else build_config(command, overrides)
         module, function = ENTRIES[command]
         return getattr(importlib.import_module(module), function)(config)
     except UsageError as error:

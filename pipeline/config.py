@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ import yaml
 
 from pipeline.errors import UsageError
 from pipeline.functions import get_function
-from pipeline.optimizers import resolve_hparams
+from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, get_spec, optimizer_names, resolve_hparams
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
@@ -85,6 +88,8 @@ class CifarConfig:
     resume: bool  # continue the latest unfinished run with this config from its checkpoint
     system_metrics: bool  # CPU/GPU/memory figures in the run, every 10 s
     log_model: bool  # log the trained model with mlflow.pytorch.log_model
+    register: bool  # also register it in the model registry under model_name
+    model_name: str
     experiment: str
 
     def __post_init__(self) -> None:
@@ -105,9 +110,100 @@ class CifarConfig:
         _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         _require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")
         _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+        _require(bool(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", self.model_name)), "model_name", self.model_name,
+                 "a name of letters, digits, '_', '.', '-'")
+        _require(self.log_model or not self.register, "register", self.register, "false when log_model=false")
 
 
-CONFIGS: dict[str, type] = {"toy": ToyConfig, "cifar": CifarConfig}
+@dataclass(frozen=True)
+class PredictConfig:
+    """Classify images with a logged model."""
+
+    model_uri: str  # runs:/<run id>/model, models:/<name>@<alias>, models:/<name>/<version>, ...
+    input: str  # an image file, a folder of images, or a CIFAR batch file
+    batch_size: int
+    experiment: str
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model_uri.strip()), "model_uri", self.model_uri,
+                 "a model URI such as runs:/<run_id>/model or models:/optlab-cifar@champion")
+        _require(bool(self.input.strip()), "input", self.input, "an image file, a folder or a CIFAR batch file")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+
+
+TASKS = ("toy", "cifar")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A sweep: one child run of `task` per optimizer, under one parent run."""
+
+    task: str  # toy | cifar
+    optimizers: str  # comma list, or "default"
+    rerun: bool  # train again even where a finished run with the same config and code exists
+    from_runs: str  # a compare run id or an experiment name: redraw from stored runs, train nothing
+    experiment: str
+    children: tuple = ()  # each optimizer's validated task config, filled by build_compare
+
+    def __post_init__(self) -> None:
+        _require(self.task in TASKS, "task", self.task, f"one of {', '.join(TASKS)}")
+        _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+
+    def optimizer_list(self) -> list[str]:
+        """The optimizers to compare, validated, without repeats, in the order given."""
+        if self.optimizers.strip() in ("", "default"):
+            return list(NOTEBOOK_OPTIMIZERS) + ["nesterov"] if self.task == "cifar" else optimizer_names()
+        names = list(dict.fromkeys(name.strip() for name in self.optimizers.split(",") if name.strip()))
+        for name in names:
+            get_spec(name)
+        return names
+
+
+CONFIGS: dict[str, type] = {"toy": ToyConfig, "cifar": CifarConfig, "compare": CompareConfig,
+                             "predict": PredictConfig}
+
+
+def _accepted(passed: Mapping[str, str], optimizer: str) -> dict[str, str]:
+    """A sweep's shared params minus the hyper-parameters this optimizer does not take (e.g. momentum)."""
+    tunable = get_spec(optimizer).tunable
+    return {k: v for k, v in passed.items() if k not in ("lr", "momentum", "weight_decay") or k in tunable}
+
+
+def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path = PARAMS_FILE) -> CompareConfig:
+    """The sweep's own params, plus every other param passed through to each child's task config."""
+    own_names = {f.name for f in dataclasses.fields(CompareConfig)} - {"children"}
+    overrides = dict(overrides or {})
+    own = {key: value for key, value in overrides.items() if key in own_names}
+    passed = {key: value for key, value in overrides.items() if key not in own_names}
+    config = build_config("compare", own, params_file)
+    if "optimizer" in passed:
+        raise UsageError("compare takes optimizers=a,b,c (a list), not optimizer")
+    if config.task == "cifar":  # the champion alias needs registered models
+        passed.setdefault("register", passed.get("log_model", "true"))
+    children = tuple(build_config(config.task, {**_accepted(passed, name), "optimizer": name,
+                                                "experiment": config.experiment}, params_file)
+                     for name in config.optimizer_list())
+    return dataclasses.replace(config, children=children)
+
+
+# Settings that change where or how a run is recorded, not what it computes.
+_NOT_IN_HASH = {"resume", "system_metrics", "log_model", "register", "model_name", "experiment"}
+
+
+def config_hash(config: Any) -> str:
+    """A short hash of everything that decides a run's numbers: equal hashes, equal training."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_HASH}
+    fields["entry"] = type(config).__name__
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """A short hash of the package's source: runs with equal hashes ran the same code."""
+    digest = hashlib.sha256()
+    for source in sorted((PROJECT_ROOT / "pipeline").glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -183,11 +279,12 @@ def build_config(section: str, overrides: Mapping[str, str] | None = None,
             maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise UsageError(f"unknown param {key!r} for {section}{maybe}; valid: {', '.join(sorted(fields))}")
         values[key] = value
-    missing = fields - set(values)
+    missing = {f.name for f in dataclasses.fields(cls)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING} - set(values)
     if missing:
         raise UsageError(f"{params_file} lacks {section}.{', '.join(sorted(missing))}")
     hints = typing.get_type_hints(cls)
-    typed = {name: _coerce(name, values[name], hints[name]) for name in fields}
+    typed = {name: _coerce(name, values[name], hints[name]) for name in fields if name in values}
     return cls(**typed)
 
 

@@ -291,3 +291,51 @@ def torchvision_train_transform() -> transforms.Compose:
 def torchvision_test_transform() -> transforms.Compose:
     """The notebook's test transform on PIL images: to tensor and normalise, no augmentation."""
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSet:
+    """Images to classify: names, uint8 (N, 32, 32, 3) pixels and, where known, true labels (-1 unknown)."""
+
+    names: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def read_images(path: str | Path) -> ImageSet:
+    """An image file, a folder of images (a class-named parent folder gives the label), or a CIFAR batch file."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UsageError(f"input: {path} does not exist; give an image, a folder of images or a CIFAR batch file")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise UsageError(f"input: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+        return _image_files(files, path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _image_files([path], path.parent)
+    images, labels = _read_batch(path)
+    return ImageSet([f"{path.name}[{i}]" for i in range(len(labels))], images, labels)
+
+
+def _image_files(files: list[Path], root: Path) -> ImageSet:
+    """Decode image files to 32x32 RGB (resizing others, as the model only knows 32x32)."""
+    from PIL import Image, UnidentifiedImageError
+
+    pixels, labels = [], []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image = image.convert("RGB")
+                if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                    image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+                pixels.append(np.asarray(image, dtype=np.uint8))
+        except (OSError, UnidentifiedImageError) as err:
+            raise UsageError(f"input: cannot read image {file} ({type(err).__name__}); remove or replace it") from None
+        parent = file.parent.name
+        labels.append(CIFAR_CLASSES.index(parent) if parent in CIFAR_CLASSES else -1)
+    names = [str(file.relative_to(root)) if file != root else file.name for file in files]
+    return ImageSet(names, np.stack(pixels), np.asarray(labels, dtype=np.int64))

@@ -59,6 +59,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 
 
+# The notebook's comparison, in its order ("SGD" there is SGD with momentum 0.9); it promised nesterov too.
+NOTEBOOK_OPTIMIZERS = ("momentum", "adam", "adadelta", "adagrad", "adamw", "adamax", "asgd")
+
+
 def optimizer_names() -> list[str]:
     """Every registered optimizer name, in registry order."""
     return list(OPTIMIZERS)

@@ -78,7 +78,7 @@ def contour_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
     ax.scatter(minima[:, 0], minima[:, 1], marker="*", s=260, c="gold", edgecolors="black", zorder=5,
                label="global minimum")
     ax.set(xlabel="x", ylabel="y", title=title or f"{fn.title}: descent paths")
-    ax.legend(loc="upper right", fontsize="small", framealpha=0.85)
+    ax.legend(loc="best", fontsize="small", framealpha=0.85)
     return fig
 
 
@@ -127,7 +127,8 @@ def loss_figure(fn: Function2D, losses: Mapping[str, np.ndarray], title: str | N
     ax = fig.add_subplot()
     for (label, loss), color in zip(losses.items(), _colors(len(losses))):
         gap = np.asarray(loss, dtype=float) - fn.f_min
-        gap = np.where(np.isfinite(gap), np.maximum(gap, _FLOOR), np.nan)
+        # Clipped to 1e30 (a diverging run's 1e300 would overflow the log axis), floored for log(0).
+        gap = np.where(np.isfinite(gap), np.clip(gap, _FLOOR, 1e30), np.nan)
         ax.plot(np.arange(len(gap)), gap, color=color, lw=1.8, label=label)
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="f(x, y) − f_min (log scale)", title=title or f"{fn.title}: loss")
@@ -173,3 +174,39 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
                 color="white" if rates[row, col] > 0.5 else "black")
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     return fig
+
+
+def overlay_figure(lines: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
+                   title: str, percent: bool = False, integer_x: bool = True) -> Figure:
+    """One line per label (e.g. per optimizer) of one metric, with a legend: the notebook's overlay plots."""
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    for (label, (xs, ys)), color in zip(lines.items(), _colors(len(lines))):
+        ys = np.asarray(ys, dtype=float) * (100 if percent else 1)
+        ax.plot(xs, ys, "-o", color=color, ms=3.5, lw=1.8, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel + (" (%)" if percent else ""), title=title)
+    if integer_x:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", ncols=2 if len(lines) > 6 else 1)
+    return fig
+
+
+def paths_animation(fn: Function2D, paths: Paths, frames: int = 60):
+    """An animation of every path growing over the contour plot (save it with .save(path, writer='pillow'))."""
+    from matplotlib.animation import FuncAnimation
+
+    fig = contour_figure(fn, paths, title=f"{fn.title}: descent paths")
+    ax = fig.axes[0]
+    trimmed = {label: _finite(path) for label, path in paths.items()}
+    lines = [line for line in ax.get_lines() if line.get_label() in trimmed]
+    longest = max((len(path) for path in trimmed.values()), default=1)
+    cut = np.unique(np.linspace(1, longest, min(frames, longest)).astype(int))
+
+    def draw(frame: int):
+        for line, path in zip(lines, (trimmed[line.get_label()] for line in lines)):
+            line.set_data(path[:cut[frame], 0], path[:cut[frame], 1])
+        ax.set_title(f"{fn.title}: step {cut[frame] - 1} of {longest - 1}")
+        return lines
+
+    return FuncAnimation(fig, draw, frames=len(cut), interval=80, blit=False)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline import plots, tracking
-from pipeline.config import ToyConfig, as_params
+from pipeline.config import ToyConfig, as_params, code_version, config_hash
 from pipeline.descent import Trajectory, run_descent, starting_points
 from pipeline.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.functions import Function2D, get_function
@@ -66,12 +66,18 @@ def log_trajectory(run_id: str, fn: Function2D, traj: Trajectory, label: str) ->
 
 
 def run_toy(cfg: ToyConfig) -> int:
-    """Descend, log everything, print one summary line; exit code 3 if the loss diverged."""
+    """The `toy` entry point: one tracked run; exit code 3 if the loss diverged."""
+    return toy_run(cfg)[1]
+
+
+def toy_run(cfg: ToyConfig, parent: tracking.RunHandle | None = None) -> tuple[str, int]:
+    """Descend, log everything, print one summary line; returns (run id, exit code)."""
     fn = get_function(cfg.function)
     params = resolved_params(cfg, fn)
     torch.manual_seed(cfg.seed)
     start = torch.tensor([resolve_start(cfg, fn)], dtype=torch.float64)
-    with tracking.tracked_run(cfg.experiment, f"{cfg.optimizer}-{cfg.function}", {"task": "toy"}) as run:
+    tags = {"task": "toy", "config_hash": config_hash(cfg), "code_version": code_version()}
+    with tracking.tracked_run(cfg.experiment, f"{cfg.optimizer}-{cfg.function}", tags, parent=parent) as run:
         tracking.log_params(run.run_id, params)
         tracking.log_dict({**dataclasses.asdict(cfg), "resolved": params}, "config.json")
         traj = run_descent(fn, cfg.optimizer, start, cfg.steps, cfg.tolerance, lr=cfg.lr,
@@ -83,8 +89,8 @@ def run_toy(cfg: ToyConfig) -> int:
         print(summary_line(cfg, traj, tags, run.run_id), file=sys.stderr if diverged else sys.stdout)
         if diverged:
             run.fail()
-            return EXIT_DIVERGED
-    return EXIT_OK
+            return run.run_id, EXIT_DIVERGED
+    return run.run_id, EXIT_OK
 
 
 def summary_line(cfg: ToyConfig, traj: Trajectory, tags: dict[str, str], run_id: str) -> str:

@@ -8,7 +8,7 @@ import warnings
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote
 
 import mlflow
@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PROJECT_ROOT
+from pipeline.errors import UsageError
 
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 _BATCH = 1000  # MLflow accepts at most 1000 metrics in one log_batch call
@@ -51,8 +52,9 @@ def ensure_experiment(name: str) -> str:
 class RunHandle:
     """The active run: its id and the status it will end with."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, experiment_id: str) -> None:
         self.run_id = run_id
+        self.experiment_id = experiment_id
         self.status = RunStatus.to_string(RunStatus.FINISHED)
 
     def fail(self) -> None:
@@ -70,14 +72,22 @@ def experiment_id_for(experiment: str) -> str:
 
 @contextmanager
 def tracked_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
-                run_id: str | None = None, system_metrics: bool = False) -> Iterator[RunHandle]:
-    """Start a run, or continue one (`run_id`, or MLFLOW_RUN_ID from `mlflow run`); it ends FAILED on errors."""
-    run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
-    experiment_id = None if run_id else experiment_id_for(experiment)
+                run_id: str | None = None, system_metrics: bool = False,
+                parent: RunHandle | None = None) -> Iterator[RunHandle]:
+    """Start a run, or continue one (`run_id`, or MLFLOW_RUN_ID from `mlflow run`); it ends FAILED on errors.
+
+    With `parent` (the active run) the new run is nested under it, in the parent's experiment.
+    """
     mlflow.set_tracking_uri(tracking_uri())
+    if parent is None:
+        # Consumed here: mlflow.start_run would otherwise give `mlflow run`'s run to the first nested child too.
+        run_id = run_id or os.environ.pop("MLFLOW_RUN_ID", None)
+    experiment_id = None if run_id else (parent.experiment_id if parent else experiment_id_for(experiment))
     run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name,
-                           tags=dict(tags or {}), log_system_metrics=system_metrics)
-    handle = RunHandle(run.info.run_id)
+                           tags=dict(tags or {}), log_system_metrics=system_metrics, nested=parent is not None)
+    if run_id and tags:  # start_run applies tags only to runs it creates, not to one it continues
+        mlflow.set_tags(dict(tags))
+    handle = RunHandle(run.info.run_id, run.info.experiment_id)
     try:
         yield handle
     except KeyboardInterrupt:
@@ -144,13 +154,41 @@ def download(run_id: str, artifact_path: str, folder: str | Path) -> Path | None
         return None
 
 
-def log_pytorch_model(model: Any, input_example: Any, name: str = "model") -> str:
-    """Log a torch model with its signature (inferred from `input_example`); returns its model URI."""
+def log_pytorch_model(model: Any, input_example: Any, registered_name: str | None = None) -> str:
+    """Log a torch model as `model` with its signature (from `input_example`), optionally registered under
+    `registered_name`; returns its model URI."""
     import mlflow.pytorch  # noqa: PLC0415 - loads torch-specific MLflow code only when a model is logged
 
     requirements = [f"{package}=={version(package)}" for package in ("torch", "torchvision", "mlflow", "numpy")]
-    info = mlflow.pytorch.log_model(model, name=name, input_example=input_example, pip_requirements=requirements)
+    info = mlflow.pytorch.log_model(model, name="model", input_example=input_example, pip_requirements=requirements,
+                                    registered_model_name=registered_name)
     return info.model_uri
+
+
+def load_predictor(model_uri: str) -> Callable[[Any], Any]:
+    """A logged model's predict function (float32 NCHW array -> logits), or a UsageError naming the URI."""
+    import mlflow.pyfunc  # noqa: PLC0415
+
+    mlflow.set_tracking_uri(tracking_uri())
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return mlflow.pyfunc.load_model(model_uri).predict
+    except (mlflow.exceptions.MlflowException, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise UsageError(f"model_uri: cannot load {model_uri!r} from {tracking_uri()} ({reason})") from None
+
+
+def set_alias(model_name: str, run_id: str, alias: str) -> str:
+    """Point `models:/<model_name>@<alias>` at the version holding run `run_id`'s model (registering it if
+    needed); returns that version."""
+    client = MlflowClient()
+    versions = [v for v in client.search_model_versions(f"name = '{model_name}'") if v.run_id == run_id]
+    if versions:
+        version = max(versions, key=lambda v: int(v.version)).version
+    else:
+        version = mlflow.register_model(f"runs:/{run_id}/model", model_name).version
+    client.set_registered_model_alias(model_name, alias, version)
+    return str(version)
 
 
 def find_resumable_run(experiment: str, config_hash: str) -> str | None:
@@ -161,6 +199,49 @@ def find_resumable_run(experiment: str, config_hash: str) -> str | None:
                               order_by=["attributes.start_time DESC"], max_results=20)
     unfinished = [run for run in runs if run.info.status != "FINISHED"]
     return unfinished[0].info.run_id if unfinished else None
+
+
+def find_finished_run(experiment_id: str, config_hash: str, code: str) -> str | None:
+    """The newest run with this config hash and code version that reached an outcome (finished, or failed by
+    diverging, which the same code and config would do again), if any: a sweep reuses it."""
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.config_hash = '{config_hash}' and tags.code_version = '{code}'",
+        order_by=["attributes.start_time DESC"], max_results=50)
+    for run in runs:
+        if run.info.status == "FINISHED" or run.data.tags.get("diverged") == "true":
+            return run.info.run_id
+    return None
+
+
+def fetch_run(run_id: str, metric_keys: Sequence[str]) -> dict[str, Any]:
+    """A run's status, params, tags and the full history of each of `metric_keys`, as plain data."""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    histories = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in metric_keys}
+    return {"run_id": run_id, "status": run.info.status, "params": dict(run.data.params),
+            "tags": dict(run.data.tags), "metrics": histories, "experiment_id": run.info.experiment_id}
+
+
+def latest_runs(experiment: str, task: str) -> list[str]:
+    """Ids of the newest run per optimizer of `task` in `experiment` (for redrawing a comparison)."""
+    found = MlflowClient().get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = MlflowClient().search_runs([found.experiment_id], filter_string=f"tags.task = '{task}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1000)
+    newest: dict[str, str] = {}
+    for run in runs:
+        newest.setdefault(run.data.params.get("optimizer", run.info.run_id), run.info.run_id)
+    return list(newest.values())
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the store has a run with this id."""
+    try:
+        MlflowClient().get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
 
 
 def log_figure(figure: Any, artifact_file: str) -> None:

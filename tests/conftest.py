@@ -72,11 +72,25 @@ def new_experiment() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
 
 
-def mlflow_run(entry: str, *params: str, experiment: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def mlflow_run(entry: str, *params: str, experiment: str, timeout: float = 600,
+               env: dict | None = None) -> subprocess.CompletedProcess:
     """`mlflow run . -e ENTRY --env-manager local -P ...` as a user would type it, with this venv first on PATH."""
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, **(env or {}), "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
                "--experiment-name", experiment]
     for param in params:
         command += ["-P", param]
     return subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cifar_sweep(store_uri):
+    """The issue's CIFAR sweep via `mlflow run`, run twice (the second must reuse every child); shared by the
+    compare and predict tests. Returns (experiment, registered model name, first, second)."""
+    experiment, model_name = new_experiment(), f"m-{new_experiment()}"
+    params = ("task=cifar", "optimizers=momentum,adam,adadelta", "epochs=2", "train_limit=256", "val_limit=128",
+              f"data_dir={SHARED_SUBSET}", f"model_name={model_name}")
+    env = {"MLFLOW_TRACKING_URI": store_uri}
+    first = mlflow_run("compare", *params, experiment=experiment, env=env)
+    second = mlflow_run("compare", *params, experiment=experiment, env=env)
+    return experiment, model_name, first, second

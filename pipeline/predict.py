@@ -1,0 +1,52 @@
+"""The `predict` entry point: classify images with a logged model, print and log the predictions."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from pipeline import tracking
+from pipeline.config import PredictConfig, as_params
+from pipeline.data import CIFAR_CLASSES, ImageSet, read_images, to_tensor_normalized
+from pipeline.errors import EXIT_OK
+
+
+def probabilities(predict, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Softmax class probabilities (N, 10) for uint8 NHWC images, normalised as in training."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = to_tensor_normalized(images[start:start + batch_size]).numpy()
+        logits = torch.as_tensor(np.asarray(predict(batch)), dtype=torch.float32)
+        chunks.append(torch.softmax(logits, dim=1).numpy())
+    return np.concatenate(chunks)
+
+
+def predictions_csv(items: ImageSet, probs: np.ndarray) -> str:
+    """file, predicted class, probability (and the true class where known), one row per image."""
+    buffer = io.StringIO()
+    buffer.write("file,predicted,probability,true\n")
+    for name, row, label in zip(items.names, probs, items.labels):
+        true = CIFAR_CLASSES[label] if label >= 0 else ""
+        quoted = '"' + name.replace('"', '""') + '"'
+        buffer.write(f"{quoted},{CIFAR_CLASSES[int(row.argmax())]},{row.max():.6f},{true}\n")
+    return buffer.getvalue()
+
+
+def run_predict(cfg: PredictConfig) -> int:
+    """Read the images and the model (errors before any run starts), predict, print a line per image, log."""
+    items = read_images(cfg.input)
+    predict = tracking.load_predictor(cfg.model_uri)
+    probs = probabilities(predict, items.images, cfg.batch_size)
+    for name, row in zip(items.names, probs):
+        print(f"{name}\t{CIFAR_CLASSES[int(row.argmax())]}\t{row.max():.4f}")
+    known = items.labels >= 0
+    accuracy = float((probs.argmax(1)[known] == items.labels[known]).mean()) if known.any() else None
+    with tracking.tracked_run(cfg.experiment, "predict", {"task": "predict", "model_uri": cfg.model_uri}) as run:
+        tracking.log_params(run.run_id, {**as_params(cfg), "images": str(len(items.names))})
+        tracking.log_text(predictions_csv(items, probs), "predictions.csv")
+        if accuracy is not None:
+            tracking.log_epoch_metrics(run.run_id, {"accuracy": accuracy}, step=0)
+    if accuracy is not None:
+        print(f"accuracy {accuracy:.2%} on {int(known.sum())} labelled images (run {run.run_id})")
+    return EXIT_OK

@@ -1,0 +1,157 @@
+"""The `compare` entry point: one parent run, one child run per optimizer, overlays and a summary."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import compare, plots, tracking
+from pipeline.compare import RunRecord
+from pipeline.config import CompareConfig, as_params, code_version, config_hash
+from pipeline.errors import EXIT_OK, UsageError
+from pipeline.functions import get_function
+
+METRICS = {"toy": ("loss", "distance_to_min"),
+           "cifar": ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "best_val_acc",
+                     "time_to_target")}
+CHAMPION = "champion"
+
+
+def _record(run_id: str, task: str, reused: bool = False) -> RunRecord:
+    data = tracking.fetch_run(run_id, METRICS[task])
+    return RunRecord(run_id, data["status"], data["params"], data["tags"], data["metrics"], reused)
+
+
+def _trainer(cfg: CompareConfig):
+    """A function that trains one child config under a parent run and returns its run id."""
+    if cfg.task == "toy":
+        from pipeline.toy import toy_run
+
+        return lambda child, parent: toy_run(child, parent)[0]
+    from pipeline.cifar import cifar_run, load_data, resolve_device
+
+    device, arrays = resolve_device(cfg.children[0].device), load_data(cfg.children[0])  # once for all children
+    return lambda child, parent: cifar_run(child, arrays, device, parent)[0]
+
+
+def run_child(cfg: CompareConfig, child, parent: tracking.RunHandle, train) -> RunRecord:
+    """Reuse a finished run with the same config and code, else train one; a failure is recorded, not raised."""
+    if not cfg.rerun:
+        found = tracking.find_finished_run(parent.experiment_id, config_hash(child), code_version())
+        if found:
+            print(f"{child.optimizer}: reusing finished run {found} (rerun=true trains again)")
+            return _record(found, cfg.task, reused=True)
+    try:
+        return _record(train(child, parent), cfg.task)
+    except Exception as error:  # noqa: BLE001 - one broken child must not end the sweep
+        print(f"error: {child.optimizer} failed ({type(error).__name__}: {error}); the sweep goes on",
+              file=sys.stderr)
+        return RunRecord("-", "FAILED", {"optimizer": child.optimizer}, {"diverged": "false"})
+
+
+def shared_params(cfg: CompareConfig) -> dict[str, str]:
+    """The sweep's params: its own plus every child param that all children share."""
+    children = [as_params(child) for child in cfg.children]
+    common = {k: v for k, v in children[0].items() if all(c.get(k) == v for c in children)} if children else {}
+    return {**common, "task": cfg.task, "optimizers": ",".join(cfg.optimizer_list()), "rerun": str(cfg.rerun)}
+
+
+def draw_toy(records: list[RunRecord], scratch: Path) -> None:
+    """Every child's path on one contour plot, one surface, one loss plot and an animated GIF."""
+    usable = [r for r in records if r.run_id != "-"]
+    if not usable:
+        return
+    fn = get_function(usable[0].params["function"])
+    paths = {}
+    for record in usable:
+        csv = tracking.download(record.run_id, "trajectory.csv", scratch / record.run_id)
+        if csv is not None:
+            paths[record.label] = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)[:, 1:3]
+    losses = {r.label: np.array(r.series("loss")[1]) for r in usable}
+    tracking.log_figure(plots.contour_figure(fn, paths), "plots/contour.png")
+    tracking.log_figure(plots.surface_figure(fn, paths), "plots/surface.png")
+    tracking.log_figure(plots.loss_figure(fn, losses), "plots/loss.png")
+    gif = scratch / "paths.gif"
+    plots.paths_animation(fn, paths).save(str(gif), writer="pillow", fps=12)
+    tracking.log_file(gif, "plots")
+
+
+def draw_cifar(records: list[RunRecord]) -> None:
+    """The notebook's four overlays (train/test x accuracy/loss against epoch) and accuracy against time."""
+    for key, name, label, percent in (("train_acc", "train_accuracy", "train accuracy", True),
+                                      ("train_loss", "train_loss", "train loss", False),
+                                      ("val_acc", "test_accuracy", "test accuracy", True),
+                                      ("val_loss", "test_loss", "test loss", False)):
+        figure = plots.overlay_figure(compare.overlay(records, key), "epoch", label, f"{label.capitalize()} "
+                                      "per optimizer", percent=percent)
+        tracking.log_figure(figure, f"plots/{name}.png")
+    timed = compare.overlay(records, "val_acc", x_key="epoch_time")
+    tracking.log_figure(plots.overlay_figure(timed, "training time (s)", "test accuracy",
+                                             "Test accuracy against training time", percent=True,
+                                             integer_x=False), "plots/test_accuracy_vs_time.png")
+
+
+def crown(records: list[RunRecord]) -> str | None:
+    """Point the registry alias `champion` at the best child's model; returns its models:/ URI."""
+    best = compare.champion(records)
+    if best is None or "model_uri" not in best.tags:
+        return None
+    name = best.params.get("model_name", "optlab-cifar")
+    version = tracking.set_alias(name, best.run_id, CHAMPION)
+    tracking.set_tags({"champion_run_id": best.run_id, "champion_uri": f"models:/{name}@{CHAMPION}",
+                       "champion_version": version})
+    return f"models:/{name}@{CHAMPION}"
+
+
+def report(task: str, records: list[RunRecord], title: str) -> str:
+    """Draw the overlays, log summary.csv and summary.md, tag the children; returns the Markdown table."""
+    rows = compare.summary_rows(task, records)
+    markdown = compare.summary_markdown(rows, title)
+    tracking.log_text(compare.summary_csv(rows), "summary.csv")
+    tracking.log_text(markdown, "summary.md")
+    tracking.set_tags({"children": ",".join(r.run_id for r in records if r.run_id != "-")})
+    with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
+        draw_toy(records, Path(scratch)) if task == "toy" else draw_cifar(records)
+    return markdown
+
+
+def redraw_ids(cfg: CompareConfig) -> tuple[str, list[str]]:
+    """(task, child run ids) named by from_runs: a compare run's children, or an experiment's newest runs."""
+    if tracking.run_exists(cfg.from_runs):
+        tags = tracking.fetch_run(cfg.from_runs, ())["tags"]
+        task, ids = tags.get("compare_task", cfg.task), [i for i in tags.get("children", "").split(",") if i]
+    else:
+        task, ids = cfg.task, tracking.latest_runs(cfg.from_runs, cfg.task)
+    if not ids:
+        raise UsageError(f"from_runs: no {cfg.task} runs found for {cfg.from_runs!r} (a compare run id or an "
+                         "experiment name)")
+    return task, ids
+
+
+def run_compare(cfg: CompareConfig) -> int:
+    """The `compare` entry point: print the summary table and where the best model is."""
+    run_id, markdown, uri = sweep(cfg)
+    print(markdown)
+    print(f"compare run {run_id}" + (f"; best model: {uri}" if uri else ""))
+    return EXIT_OK
+
+
+def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
+    """Train (or reuse) every child, then draw and summarise; returns (parent run id, summary, champion URI)."""
+    if cfg.from_runs:
+        task, ids = redraw_ids(cfg)
+        cfg = dataclasses.replace(cfg, task=task)
+    train = None if cfg.from_runs else _trainer(cfg)
+    tags = {"task": "compare", "compare_task": cfg.task, **({"redrawn_from": cfg.from_runs} if cfg.from_runs else {})}
+    with tracking.tracked_run(cfg.experiment, f"compare-{cfg.task}", tags) as parent:
+        tracking.log_params(parent.run_id, shared_params(cfg))
+        if cfg.from_runs:
+            records = [_record(run_id, cfg.task, reused=True) for run_id in ids]
+        else:
+            records = [run_child(cfg, child, parent, train) for child in cfg.children]
+        markdown = report(cfg.task, records, f"compare {cfg.task}: {len(records)} optimizers")
+        uri = crown(records) if cfg.task == "cifar" else None
+    return parent.run_id, markdown, uri

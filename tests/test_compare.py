@@ -1,0 +1,123 @@
+"""The `compare` sweep: parent and children in the store, overlays, summaries, reuse, redraw, champion."""
+import csv
+import io
+import math
+
+import mlflow
+import pytest
+
+from conftest import (SHARED_SUBSET, artifact_files, metric_history, mlflow_run, new_experiment, run_cli,
+                      runs_of)
+from pipeline import compare
+from pipeline.compare import RunRecord
+from pipeline.optimizers import optimizer_names
+
+TOY_PLOTS = {"plots/contour.png", "plots/surface.png", "plots/loss.png", "plots/paths.gif"}
+CIFAR_PLOTS = {"plots/train_accuracy.png", "plots/train_loss.png", "plots/test_accuracy.png",
+               "plots/test_loss.png", "plots/test_accuracy_vs_time.png"}
+
+
+def _record(name, best, diverged=False, status="FINISHED", epoch_times=(2.0, 3.0)):
+    metrics = {"best_val_acc": [(1, best / 2), (2, best)], "val_acc": [(1, best / 2), (2, best)],
+               "epoch_time": list(enumerate(epoch_times, 1))}
+    return RunRecord(f"id-{name}", status, {"optimizer": name}, {"diverged": str(diverged).lower()}, metrics)
+
+
+def test_summary_puts_the_best_first_and_diverged_last():
+    records = [_record("adam", 0.5), _record("sgd", 0.9, diverged=True), _record("asgd", 0.7)]
+    rows = compare.summary_rows("cifar", records)
+    assert [r["optimizer"] for r in rows] == ["asgd", "adam", "sgd"]
+    assert rows[0]["mean_epoch_time"] == 2.5 and rows[2]["diverged"] == "yes"
+    assert math.isnan(rows[0]["time_to_target"])
+    table = list(csv.DictReader(io.StringIO(compare.summary_csv(rows))))
+    assert table[0]["optimizer"] == "asgd" and table[0]["time_to_target"] == ""
+    assert "| asgd | 0.7 |" in compare.summary_markdown(rows, "t")
+
+
+def test_champion_skips_diverged_and_unfinished_runs():
+    records = [_record("sgd", 0.9, diverged=True), _record("adam", 0.95, status="FAILED"), _record("asgd", 0.4)]
+    assert compare.champion(records).label == "asgd"
+    assert compare.champion(records[:2]) is None
+
+
+def test_overlay_against_time_uses_cumulative_training_seconds():
+    lines = compare.overlay([_record("adam", 0.5)], "val_acc", x_key="epoch_time")
+    assert lines == {"adam": ([2.0, 5.0], [0.25, 0.5])}
+    assert compare.overlay([_record("adam", 0.5)], "val_acc") == {"adam": ([1.0, 2.0], [0.25, 0.5])}
+
+
+def _children(client, parent_id: str, experiment: str) -> list:
+    return [r for r in runs_of(client, experiment) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def _summary(parent_id: str) -> list[dict]:
+    text = mlflow.artifacts.load_text(f"runs:/{parent_id}/summary.csv")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_toy_sweep_logs_a_child_per_optimizer_overlays_and_reuses_them(tracking):
+    experiment = new_experiment()
+    args = ("compare", "--task", "toy", "--function", "rosenbrock", "--lr", "0.01", "--steps", "60",
+            "--experiment", experiment)
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (parent,) = [r for r in runs_of(tracking, experiment) if r.data.tags.get("task") == "compare"]
+    children = _children(tracking, parent.info.run_id, experiment)
+    assert sorted(c.data.params["optimizer"] for c in children) == sorted(optimizer_names())
+    assert artifact_files(tracking, parent.info.run_id) == TOY_PLOTS | {"summary.csv", "summary.md"}
+    rows = {row["optimizer"]: row for row in _summary(parent.info.run_id)}
+    assert set(rows) == set(optimizer_names())
+    assert rows["sgd"]["diverged"] == "yes" and rows["adam"]["diverged"] == "no"  # lr 0.01 is too much for sgd
+    adam = next(c for c in children if c.data.params["optimizer"] == "adam")
+    assert float(rows["adam"]["final_loss"]) == pytest.approx(metric_history(tracking, adam.info.run_id,
+                                                                             "loss")[1][-1], rel=1e-3)
+    assert parent.data.params["function"] == "rosenbrock" and parent.data.params["task"] == "toy"
+
+    again = run_cli(*args)
+    assert again.returncode == 0 and again.stdout.count("reusing finished run") == len(optimizer_names())
+    runs = runs_of(tracking, experiment)
+    assert len(runs) == 2 + len(optimizer_names())  # a second parent, no new children
+    newest_parent = runs[0]
+    assert {row["reused"] for row in _summary(newest_parent.info.run_id)} == {"yes"}
+
+    redraw = run_cli("compare", "--from_runs", parent.info.run_id, "--experiment", experiment)
+    assert redraw.returncode == 0, redraw.stderr[-2000:]
+    redrawn = runs_of(tracking, experiment)[0]
+    assert redrawn.data.tags["redrawn_from"] == parent.info.run_id
+    assert len(runs_of(tracking, experiment)) == 3 + len(optimizer_names())
+    assert artifact_files(tracking, redrawn.info.run_id) >= TOY_PLOTS
+
+
+def test_sweep_params_are_validated_before_any_run(tracking):
+    experiment = new_experiment()
+    for args, message in ((["--optimizers", "adam,nope"], "unknown optimizer 'nope'"),
+                          (["--task", "toy", "--epochs", "2"], "unknown param 'epochs' for toy"),
+                          (["--task", "cifar", "--data_dir", "/nonexistent", "--download", "false"],
+                           "no CIFAR-10 in /nonexistent"),
+                          (["--from_runs", "no-such-thing"], "from_runs: no toy runs found")):
+        done = run_cli("compare", *args, "--experiment", experiment)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert tracking.get_experiment_by_name(experiment) is None or not runs_of(tracking, experiment)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason="needs the real CIFAR-10 subset")
+def test_cifar_sweep_as_in_the_issue(tracking, cifar_sweep):
+    experiment, model_name, first, second = cifar_sweep
+    assert first.returncode == 0, first.stderr[-3000:]
+    parents = [r for r in runs_of(tracking, experiment) if r.data.tags.get("task") == "compare"]
+    assert len(parents) == 2
+    parent = parents[-1]  # the first sweep
+    children = _children(tracking, parent.info.run_id, experiment)
+    assert sorted(c.data.params["optimizer"] for c in children) == ["adadelta", "adam", "momentum"]
+    for child in children:
+        assert metric_history(tracking, child.info.run_id, "val_acc")[0] == [1, 2]
+    assert artifact_files(tracking, parent.info.run_id) >= CIFAR_PLOTS | {"summary.csv", "summary.md"}
+    assert second.returncode == 0 and second.stdout.count("reusing finished run") == 3
+    assert "epoch 1/2" not in second.stdout  # trained nothing new
+    assert len(runs_of(tracking, experiment)) == 5
+    best = max(children, key=lambda c: c.data.metrics["best_val_acc"])
+    assert parents[0].data.tags["champion_run_id"] == best.info.run_id
+    version = mlflow.MlflowClient().get_model_version_by_alias(model_name, "champion")
+    assert version.run_id == best.info.run_id
