@@ -16,10 +16,10 @@ import torch
 from pipeline import plots, tracking
 from pipeline.config import CifarConfig, as_params, code_version, config_hash
 from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10, normalize
-from pipeline.errors import EXIT_DIVERGED, EXIT_OK, DivergedError, UsageError
+from pipeline.errors import EXIT_DIVERGED, EXIT_OK, UsageError
 from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer, build_scheduler, resolve_hparams
-from pipeline.train import FitState, Precision, fit
+from pipeline.train import FitState, Member, Precision, fit_lockstep
 
 CHECKPOINT = "checkpoints/last.pt"
 
@@ -54,8 +54,14 @@ class Trainer:
     precision: Precision
 
 
-def build_trainer(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -> Trainer:
-    """Seeded model (the same initial weights for every optimizer), optimizer, schedule and loaders."""
+def build_loaders(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -> tuple[CifarLoader, CifarLoader]:
+    """Train (seeded order and augmentation) and test loaders, the data held as uint8 on the device."""
+    train = CifarLoader(arrays.train_x, arrays.train_y, cfg.batch_size, train=True, seed=cfg.seed, device=device)
+    return train, CifarLoader(arrays.test_x, arrays.test_y, cfg.batch_size, train=False, device=device)
+
+
+def build_trainer(cfg: CifarConfig, loaders: tuple[CifarLoader, CifarLoader], device: torch.device) -> Trainer:
+    """Seeded model (the same initial weights for every optimizer), optimizer and schedule over `loaders`."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(CIFAR_CLASSES), cfg.pretrained).to(device)
     precision = Precision(device, bf16=cfg.bf16, channels_last=cfg.channels_last)
@@ -63,8 +69,7 @@ def build_trainer(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    train = CifarLoader(arrays.train_x, arrays.train_y, cfg.batch_size, train=True, seed=cfg.seed, device=device)
-    val = CifarLoader(arrays.test_x, arrays.test_y, cfg.batch_size, train=False, device=device)
+    train, val = loaders
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * len(train))
     return Trainer(model, optimizer, scheduler, train, val, precision)
 
@@ -108,34 +113,63 @@ def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
             f"{m['throughput']:.0f} img/s, lr {m['lr']:.3g}")
 
 
-def make_epoch_logger(cfg: CifarConfig, run_id: str, trainer: Trainer, folder: Path, last: dict):
-    """The fit() callback: metrics (one async call), a console line, curves and the checkpoint each epoch."""
-    def on_epoch(epoch: int, metrics: dict[str, float], confusion: torch.Tensor, state: FitState) -> None:
+class RunLog:
+    """Everything one cifar run writes to its MLflow run, addressed by run id (so several can be open)."""
+
+    def __init__(self, cfg: CifarConfig, run_id: str, trainer: Trainer, folder: Path) -> None:
+        self.cfg, self.run_id, self.trainer, self.folder = cfg, run_id, trainer, folder
+        self.confusion: np.ndarray | None = None
+        self.target_logged = False
+
+    def begin(self, params: dict[str, str], arrays: CifarArrays) -> None:
+        """Params, the resolved config and the data used."""
+        tracking.log_params(self.run_id, params)
+        tracking.log_dict(self.run_id, {**dataclasses.asdict(self.cfg), "resolved": params}, "config.json")
+        for split, x, y in (("train", arrays.train_x, arrays.train_y), ("test", arrays.test_x, arrays.test_y)):
+            tracking.log_dataset(self.run_id, f"cifar10-{split}", x, y, arrays.source, f"{arrays.digest()}-{split}",
+                                 split)
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float], confusion: torch.Tensor, state: FitState) -> None:
+        """The fit() callback: metrics (one async call), a console line, curves and the checkpoint."""
         logged = dict(metrics)
-        if state.time_to_target is not None and "time_to_target" not in last:
-            logged["time_to_target"] = last["time_to_target"] = state.time_to_target
-        tracking.log_epoch_metrics(run_id, logged, step=epoch)
-        print(epoch_line(epoch, cfg.epochs, metrics), flush=True)
-        tracking.log_figure(plots.curves_figure({cfg.optimizer: state.history},
-                                                f"{cfg.model} + {cfg.optimizer}"), "plots/curves.png")
-        tracking.log_file(save_checkpoint(trainer, state, folder), "checkpoints")
-        last["confusion"] = confusion.numpy()
-    return on_epoch
+        if state.time_to_target is not None and not self.target_logged:
+            logged["time_to_target"], self.target_logged = state.time_to_target, True
+        tracking.log_epoch_metrics(self.run_id, logged, step=epoch)
+        print(f"{self.cfg.optimizer} {epoch_line(epoch, self.cfg.epochs, metrics)}", flush=True)
+        title = f"{self.cfg.model} + {self.cfg.optimizer}"
+        tracking.log_figure(self.run_id, plots.curves_figure({self.cfg.optimizer: state.history}, title),
+                            "plots/curves.png")
+        tracking.log_file(self.run_id, save_checkpoint(self.trainer, state, self.folder), "checkpoints")
+        self.confusion = confusion.numpy()
 
+    def finish(self, state: FitState, arrays: CifarArrays) -> int:
+        """Outcome tags, final-epoch tables and the model; returns the exit code."""
+        cfg, run_id = self.cfg, self.run_id
+        if state.diverged:
+            tracking.set_tags(run_id, {"diverged": "true"})
+            print(f"error: {cfg.optimizer} diverged ({state.diverged}); try a smaller lr. Run {run_id} is marked "
+                  "FAILED.", file=sys.stderr)
+            return EXIT_DIVERGED
+        tracking.set_tags(run_id, {"diverged": "false", "target_reached": str(state.time_to_target is not None).lower()})
+        if self.confusion is not None:
+            self._log_tables(self.confusion)
+        if self.confusion is not None and cfg.log_model:
+            model = self.trainer.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+            example = normalize(torch.from_numpy(arrays.test_x[:2]).permute(0, 3, 1, 2)).numpy()
+            uri = tracking.log_pytorch_model(run_id, model, example, cfg.model_name if cfg.register else None)
+            tracking.set_tags(run_id, {"model_uri": uri})
+        print(f"{cfg.optimizer} + {cfg.model}: best val_acc {state.best_val_acc:.2%} after {state.epoch} epochs "
+              f"(run {run_id})")
+        return EXIT_OK
 
-def log_final(cfg: CifarConfig, trainer: Trainer, confusion: np.ndarray, arrays: CifarArrays) -> str | None:
-    """Confusion matrix, per-class accuracy and (unless log_model=false) the model; returns the model URI."""
-    tracking.log_figure(plots.confusion_figure(confusion, CIFAR_CLASSES, f"{cfg.model} + {cfg.optimizer}: "
-                                               "final epoch"), "plots/confusion_matrix.png")
-    buffer = io.StringIO()
-    np.savetxt(buffer, confusion, fmt="%d", delimiter=",", header=",".join(CIFAR_CLASSES), comments="")
-    tracking.log_text(buffer.getvalue(), "confusion_matrix.csv")
-    tracking.log_text(per_class_csv(confusion), "per_class_accuracy.csv")
-    if not cfg.log_model:
-        return None
-    model = trainer.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
-    example = normalize(torch.from_numpy(arrays.test_x[:2]).permute(0, 3, 1, 2)).numpy()
-    return tracking.log_pytorch_model(model, example, cfg.model_name if cfg.register else None)
+    def _log_tables(self, confusion: np.ndarray) -> None:
+        title = f"{self.cfg.model} + {self.cfg.optimizer}: final epoch"
+        tracking.log_figure(self.run_id, plots.confusion_figure(confusion, CIFAR_CLASSES, title),
+                            "plots/confusion_matrix.png")
+        buffer = io.StringIO()
+        np.savetxt(buffer, confusion, fmt="%d", delimiter=",", header=",".join(CIFAR_CLASSES), comments="")
+        tracking.log_text(self.run_id, buffer.getvalue(), "confusion_matrix.csv")
+        tracking.log_text(self.run_id, per_class_csv(confusion), "per_class_accuracy.csv")
 
 
 def start_info(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -> tuple[dict, dict]:
@@ -174,31 +208,51 @@ def cifar_run(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
     with tracking.tracked_run(cfg.experiment, f"{cfg.optimizer}-{cfg.model}", tags, run_id=run_id,
                               system_metrics=cfg.system_metrics, parent=parent) as run, \
             tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
-        trainer = build_trainer(cfg, arrays, device)
-        tracking.log_params(run.run_id, params)
-        tracking.log_dict({**dataclasses.asdict(cfg), "resolved": params}, "config.json")
-        for split, x, y in (("train", arrays.train_x, arrays.train_y), ("test", arrays.test_x, arrays.test_y)):
-            tracking.log_dataset(f"cifar10-{split}", x, y, arrays.source, f"{arrays.digest()}-{split}", split)
+        trainer = build_trainer(cfg, build_loaders(cfg, arrays, device), device)
+        log = RunLog(cfg, run.run_id, trainer, Path(scratch))
+        log.begin(params, arrays)
         state = None
         if cfg.resume and (saved := tracking.download(run.run_id, CHECKPOINT, scratch)) is not None:
             state = restore_checkpoint(trainer, saved)
             print(f"resuming run {run.run_id} after epoch {state.epoch}")
-        last: dict = {}
-        logger = make_epoch_logger(cfg, run.run_id, trainer, Path(scratch), last)
-        try:
-            state = fit(trainer.model, trainer.optimizer, trainer.scheduler, trainer.train_batches,
-                        trainer.val_batches, cfg.epochs, trainer.precision, cfg.target_acc, logger, state)
-        except DivergedError as error:
-            tracking.set_tags({"diverged": "true"})
-            print(f"error: training diverged ({error}); try a smaller lr. Run {run.run_id} is marked FAILED.",
-                  file=sys.stderr)
+        (state,) = fit_lockstep([Member(trainer.model, trainer.optimizer, trainer.scheduler)], trainer.train_batches,
+                                trainer.val_batches, cfg.epochs, trainer.precision, cfg.target_acc, [log.on_epoch],
+                                [state] if state else None)
+        code = log.finish(state, arrays)
+        if code != EXIT_OK:
             run.fail()
-            return run.run_id, EXIT_DIVERGED
-        tracking.set_tags({"diverged": "false", "target_reached": str(state.time_to_target is not None).lower()})
-        if "confusion" in last:
-            model_uri = log_final(cfg, trainer, last["confusion"], arrays)
-            if model_uri:
-                tracking.set_tags({"model_uri": model_uri})
-        print(f"{cfg.optimizer} + {cfg.model}: best val_acc {state.best_val_acc:.2%} after {state.epoch} epochs "
-              f"(run {run.run_id})")
-    return run.run_id, EXIT_OK
+    return run.run_id, code
+
+
+# What lockstep children may differ in: everything else decides the shared data pipeline and model.
+_PER_OPTIMIZER = {"optimizer", "lr", "momentum", "weight_decay", "scheduler", "register", "model_name"}
+
+
+def cifar_lockstep(cfgs: list[CifarConfig], arrays: CifarArrays, device: torch.device,
+                   parent: tracking.RunHandle) -> list[tuple[str, int]]:
+    """Train every config in one process on the very same augmented batches (one data pipeline, one model and
+    optimizer each), logging one child run each; returns (run id, exit code) per config."""
+    shared = [{k: v for k, v in dataclasses.asdict(c).items() if k not in _PER_OPTIMIZER} for c in cfgs]
+    if any(other != shared[0] for other in shared):
+        raise UsageError("lockstep: the children must differ only in optimizer settings")
+    if cfgs[0].resume:
+        raise UsageError("lockstep: resume=true is not supported; resume children one by one")
+    loaders = build_loaders(cfgs[0], arrays, device)
+    trainers = [build_trainer(cfg, loaders, device) for cfg in cfgs]
+    with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
+        logs = []
+        for cfg, trainer in zip(cfgs, trainers):
+            params, tags = start_info(cfg, arrays, device)
+            run_id = tracking.start_child_run(parent, f"{cfg.optimizer}-{cfg.model}", {**tags, "lockstep": "true"})
+            (Path(scratch) / run_id).mkdir()
+            logs.append(RunLog(cfg, run_id, trainer, Path(scratch) / run_id))
+            logs[-1].begin(params, arrays)
+        states = fit_lockstep([Member(t.model, t.optimizer, t.scheduler) for t in trainers], loaders[0], loaders[1],
+                              cfgs[0].epochs, trainers[0].precision, cfgs[0].target_acc,
+                              [log.on_epoch for log in logs])
+        outcomes = []
+        for log, state in zip(logs, states):
+            code = log.finish(state, arrays)
+            tracking.end_run(log.run_id, failed=code != EXIT_OK)
+            outcomes.append((log.run_id, code))
+    return outcomes

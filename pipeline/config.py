@@ -143,12 +143,15 @@ class CompareConfig:
     optimizers: str  # comma list, or "default"
     rerun: bool  # train again even where a finished run with the same config and code exists
     from_runs: str  # a compare run id or an experiment name: redraw from stored runs, train nothing
+    lockstep: bool  # cifar: train all children in one process on the very same batches
     experiment: str
     children: tuple = ()  # each optimizer's validated task config, filled by build_compare
 
     def __post_init__(self) -> None:
         _require(self.task in TASKS, "task", self.task, f"one of {', '.join(TASKS)}")
         _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+        _require(self.task == "cifar" or not self.lockstep, "lockstep", self.lockstep, "false for task=toy "
+                 "(toy runs are batched already)")
 
     def optimizer_list(self) -> list[str]:
         """The optimizers to compare, validated, without repeats, in the order given."""

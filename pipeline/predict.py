@@ -44,7 +44,7 @@ def run_predict(cfg: PredictConfig) -> int:
     accuracy = float((probs.argmax(1)[known] == items.labels[known]).mean()) if known.any() else None
     with tracking.tracked_run(cfg.experiment, "predict", {"task": "predict", "model_uri": cfg.model_uri}) as run:
         tracking.log_params(run.run_id, {**as_params(cfg), "images": str(len(items.names))})
-        tracking.log_text(predictions_csv(items, probs), "predictions.csv")
+        tracking.log_text(run.run_id, predictions_csv(items, probs), "predictions.csv")
         if accuracy is not None:
             tracking.log_epoch_metrics(run.run_id, {"accuracy": accuracy}, step=0)
     if accuracy is not None:

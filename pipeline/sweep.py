@@ -37,13 +37,33 @@ def _trainer(cfg: CompareConfig):
     return lambda child, parent: cifar_run(child, arrays, device, parent)[0]
 
 
+def reusable(cfg: CompareConfig, child, parent: tracking.RunHandle) -> RunRecord | None:
+    """A stored run with the same config and code that reached an outcome, unless rerun=true."""
+    found = None if cfg.rerun else tracking.find_finished_run(parent.experiment_id, config_hash(child),
+                                                              code_version())
+    if found:
+        print(f"{child.optimizer}: reusing finished run {found} (rerun=true trains again)")
+        return _record(found, cfg.task, reused=True)
+    return None
+
+
+def run_lockstep(cfg: CompareConfig, parent: tracking.RunHandle) -> list[RunRecord]:
+    """Reuse what can be reused, train the rest together on the same batches; records in the children's order."""
+    from pipeline.cifar import cifar_lockstep, load_data, resolve_device
+
+    found = {child.optimizer: reusable(cfg, child, parent) for child in cfg.children}
+    todo = [child for child in cfg.children if found[child.optimizer] is None]
+    if todo:
+        outcomes = cifar_lockstep(todo, load_data(todo[0]), resolve_device(todo[0].device), parent)
+        found.update({child.optimizer: _record(run_id, cfg.task) for child, (run_id, _) in zip(todo, outcomes)})
+    return [found[child.optimizer] for child in cfg.children]
+
+
 def run_child(cfg: CompareConfig, child, parent: tracking.RunHandle, train) -> RunRecord:
     """Reuse a finished run with the same config and code, else train one; a failure is recorded, not raised."""
-    if not cfg.rerun:
-        found = tracking.find_finished_run(parent.experiment_id, config_hash(child), code_version())
-        if found:
-            print(f"{child.optimizer}: reusing finished run {found} (rerun=true trains again)")
-            return _record(found, cfg.task, reused=True)
+    reused = reusable(cfg, child, parent)
+    if reused is not None:
+        return reused
     try:
         return _record(train(child, parent), cfg.task)
     except Exception as error:  # noqa: BLE001 - one broken child must not end the sweep
@@ -56,10 +76,11 @@ def shared_params(cfg: CompareConfig) -> dict[str, str]:
     """The sweep's params: its own plus every child param that all children share."""
     children = [as_params(child) for child in cfg.children]
     common = {k: v for k, v in children[0].items() if all(c.get(k) == v for c in children)} if children else {}
-    return {**common, "task": cfg.task, "optimizers": ",".join(cfg.optimizer_list()), "rerun": str(cfg.rerun)}
+    return {**common, "task": cfg.task, "optimizers": ",".join(cfg.optimizer_list()), "rerun": str(cfg.rerun),
+            "lockstep": str(cfg.lockstep)}
 
 
-def draw_toy(records: list[RunRecord], scratch: Path) -> None:
+def draw_toy(run_id: str, records: list[RunRecord], scratch: Path) -> None:
     """Every child's path on one contour plot, one surface, one loss plot and an animated GIF."""
     usable = [r for r in records if r.run_id != "-"]
     if not usable:
@@ -71,15 +92,15 @@ def draw_toy(records: list[RunRecord], scratch: Path) -> None:
         if csv is not None:
             paths[record.label] = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)[:, 1:3]
     losses = {r.label: np.array(r.series("loss")[1]) for r in usable}
-    tracking.log_figure(plots.contour_figure(fn, paths), "plots/contour.png")
-    tracking.log_figure(plots.surface_figure(fn, paths), "plots/surface.png")
-    tracking.log_figure(plots.loss_figure(fn, losses), "plots/loss.png")
+    tracking.log_figure(run_id, plots.contour_figure(fn, paths), "plots/contour.png")
+    tracking.log_figure(run_id, plots.surface_figure(fn, paths), "plots/surface.png")
+    tracking.log_figure(run_id, plots.loss_figure(fn, losses), "plots/loss.png")
     gif = scratch / "paths.gif"
     plots.paths_animation(fn, paths).save(str(gif), writer="pillow", fps=12)
-    tracking.log_file(gif, "plots")
+    tracking.log_file(run_id, gif, "plots")
 
 
-def draw_cifar(records: list[RunRecord]) -> None:
+def draw_cifar(run_id: str, records: list[RunRecord]) -> None:
     """The notebook's four overlays (train/test x accuracy/loss against epoch) and accuracy against time."""
     for key, name, label, percent in (("train_acc", "train_accuracy", "train accuracy", True),
                                       ("train_loss", "train_loss", "train loss", False),
@@ -87,34 +108,34 @@ def draw_cifar(records: list[RunRecord]) -> None:
                                       ("val_loss", "test_loss", "test loss", False)):
         figure = plots.overlay_figure(compare.overlay(records, key), "epoch", label, f"{label.capitalize()} "
                                       "per optimizer", percent=percent)
-        tracking.log_figure(figure, f"plots/{name}.png")
+        tracking.log_figure(run_id, figure, f"plots/{name}.png")
     timed = compare.overlay(records, "val_acc", x_key="epoch_time")
-    tracking.log_figure(plots.overlay_figure(timed, "training time (s)", "test accuracy",
+    tracking.log_figure(run_id, plots.overlay_figure(timed, "training time (s)", "test accuracy",
                                              "Test accuracy against training time", percent=True,
                                              integer_x=False), "plots/test_accuracy_vs_time.png")
 
 
-def crown(records: list[RunRecord]) -> str | None:
+def crown(run_id: str, records: list[RunRecord]) -> str | None:
     """Point the registry alias `champion` at the best child's model; returns its models:/ URI."""
     best = compare.champion(records)
     if best is None or "model_uri" not in best.tags:
         return None
     name = best.params.get("model_name", "optlab-cifar")
     version = tracking.set_alias(name, best.run_id, CHAMPION)
-    tracking.set_tags({"champion_run_id": best.run_id, "champion_uri": f"models:/{name}@{CHAMPION}",
+    tracking.set_tags(run_id, {"champion_run_id": best.run_id, "champion_uri": f"models:/{name}@{CHAMPION}",
                        "champion_version": version})
     return f"models:/{name}@{CHAMPION}"
 
 
-def report(task: str, records: list[RunRecord], title: str) -> str:
+def report(run_id: str, task: str, records: list[RunRecord], title: str) -> str:
     """Draw the overlays, log summary.csv and summary.md, tag the children; returns the Markdown table."""
     rows = compare.summary_rows(task, records)
     markdown = compare.summary_markdown(rows, title)
-    tracking.log_text(compare.summary_csv(rows), "summary.csv")
-    tracking.log_text(markdown, "summary.md")
-    tracking.set_tags({"children": ",".join(r.run_id for r in records if r.run_id != "-")})
+    tracking.log_text(run_id, compare.summary_csv(rows), "summary.csv")
+    tracking.log_text(run_id, markdown, "summary.md")
+    tracking.set_tags(run_id, {"children": ",".join(r.run_id for r in records if r.run_id != "-")})
     with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
-        draw_toy(records, Path(scratch)) if task == "toy" else draw_cifar(records)
+        draw_toy(run_id, records, Path(scratch)) if task == "toy" else draw_cifar(run_id, records)
     return markdown
 
 
@@ -144,14 +165,16 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
     if cfg.from_runs:
         task, ids = redraw_ids(cfg)
         cfg = dataclasses.replace(cfg, task=task)
-    train = None if cfg.from_runs else _trainer(cfg)
+    train = None if cfg.from_runs or cfg.lockstep else _trainer(cfg)
     tags = {"task": "compare", "compare_task": cfg.task, **({"redrawn_from": cfg.from_runs} if cfg.from_runs else {})}
     with tracking.tracked_run(cfg.experiment, f"compare-{cfg.task}", tags) as parent:
         tracking.log_params(parent.run_id, shared_params(cfg))
         if cfg.from_runs:
             records = [_record(run_id, cfg.task, reused=True) for run_id in ids]
+        elif cfg.lockstep:
+            records = run_lockstep(cfg, parent)
         else:
             records = [run_child(cfg, child, parent, train) for child in cfg.children]
-        markdown = report(cfg.task, records, f"compare {cfg.task}: {len(records)} optimizers")
-        uri = crown(records) if cfg.task == "cifar" else None
+        markdown = report(parent.run_id, cfg.task, records, f"compare {cfg.task}: {len(records)} optimizers")
+        uri = crown(parent.run_id, records) if cfg.task == "cifar" else None
     return parent.run_id, markdown, uri

@@ -58,11 +58,11 @@ def log_trajectory(run_id: str, fn: Function2D, traj: Trajectory, label: str) ->
     steps = range(len(traj.losses))
     tracking.log_metric_series(run_id, {"loss": traj.losses[:, 0], "grad_norm": traj.grad_norms[:, 0],
                                         "distance_to_min": traj.distances[:, 0]}, steps)
-    tracking.log_text(trajectory_csv(traj), "trajectory.csv")
+    tracking.log_text(run_id, trajectory_csv(traj), "trajectory.csv")
     path = {label: traj.positions[:, 0]}
-    tracking.log_figure(plots.contour_figure(fn, path), "plots/contour.png")
-    tracking.log_figure(plots.surface_figure(fn, path), "plots/surface.png")
-    tracking.log_figure(plots.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
+    tracking.log_figure(run_id, plots.contour_figure(fn, path), "plots/contour.png")
+    tracking.log_figure(run_id, plots.surface_figure(fn, path), "plots/surface.png")
+    tracking.log_figure(run_id, plots.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
 
 
 def run_toy(cfg: ToyConfig) -> int:
@@ -79,12 +79,12 @@ def toy_run(cfg: ToyConfig, parent: tracking.RunHandle | None = None) -> tuple[s
     tags = {"task": "toy", "config_hash": config_hash(cfg), "code_version": code_version()}
     with tracking.tracked_run(cfg.experiment, f"{cfg.optimizer}-{cfg.function}", tags, parent=parent) as run:
         tracking.log_params(run.run_id, params)
-        tracking.log_dict({**dataclasses.asdict(cfg), "resolved": params}, "config.json")
+        tracking.log_dict(run.run_id, {**dataclasses.asdict(cfg), "resolved": params}, "config.json")
         traj = run_descent(fn, cfg.optimizer, start, cfg.steps, cfg.tolerance, lr=cfg.lr,
                            momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         log_trajectory(run.run_id, fn, traj, cfg.optimizer)
         tags = outcome_tags(traj)
-        tracking.set_tags(tags)
+        tracking.set_tags(run.run_id, tags)
         diverged = tags["diverged"] == "true"
         print(summary_line(cfg, traj, tags, run.run_id), file=sys.stderr if diverged else sys.stdout)
         if diverged:

@@ -5,7 +5,7 @@ import os
 import re
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -13,7 +13,8 @@ from urllib.parse import unquote
 
 import mlflow
 import mlflow.data
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import PROJECT_ROOT
@@ -101,6 +102,19 @@ def tracked_run(experiment: str, run_name: str, tags: Mapping[str, str] | None =
         mlflow.end_run(handle.status)
 
 
+def start_child_run(parent: RunHandle, run_name: str, tags: Mapping[str, str]) -> str:
+    """Create a run nested under `parent` without making it the active run (several can be open at once)."""
+    run = MlflowClient().create_run(parent.experiment_id, run_name=run_name,
+                                    tags={**tags, MLFLOW_PARENT_RUN_ID: parent.run_id})
+    return run.info.run_id
+
+
+def end_run(run_id: str, failed: bool = False) -> None:
+    """Mark a run made by start_child_run FINISHED (or FAILED)."""
+    mlflow.flush_async_logging()
+    MlflowClient().set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     """Log params the run does not have yet (`mlflow run` has already logged the ones given with -P)."""
     client = MlflowClient()
@@ -130,18 +144,20 @@ def log_epoch_metrics(run_id: str, metrics: Mapping[str, float], step: int) -> N
     MlflowClient().log_batch(run_id, metrics=batch, synchronous=False)
 
 
-def log_dataset(name: str, features: Any, targets: Any, source: str, digest: str, context: str) -> None:
-    """Record which data the active run used (name, source folder, size, digest) with mlflow.log_input."""
+def log_dataset(run_id: str, name: str, features: Any, targets: Any, source: str, digest: str,
+                context: str) -> None:
+    """Record which data a run used (name, source folder, shape, digest), as mlflow.log_input does."""
     with warnings.catch_warnings():  # a local folder matches two equivalent source kinds; either is right
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_numpy(features, targets=targets, source=str(Path(source).resolve()),
                                          name=name, digest=digest)
-    mlflow.log_input(dataset, context=context)
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+    MlflowClient().log_inputs(run_id, datasets=[entity])
 
 
-def log_file(local_path: str | Path, artifact_path: str | None = None) -> None:
-    """Copy a local file into the active run's artifacts (under the folder `artifact_path`)."""
-    mlflow.log_artifact(str(local_path), artifact_path)
+def log_file(run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+    """Copy a local file into a run's artifacts (under the folder `artifact_path`)."""
+    MlflowClient().log_artifact(run_id, str(local_path), artifact_path)
 
 
 def download(run_id: str, artifact_path: str, folder: str | Path) -> Path | None:
@@ -154,14 +170,18 @@ def download(run_id: str, artifact_path: str, folder: str | Path) -> Path | None
         return None
 
 
-def log_pytorch_model(model: Any, input_example: Any, registered_name: str | None = None) -> str:
-    """Log a torch model as `model` with its signature (from `input_example`), optionally registered under
-    `registered_name`; returns its model URI."""
+def log_pytorch_model(run_id: str, model: Any, input_example: Any, registered_name: str | None = None) -> str:
+    """Log a torch model as `model` of run `run_id` with its signature (from `input_example`), optionally
+    registered under `registered_name`; returns its model URI. Call it last: it needs the run active, and a run
+    activated here for it is ended (FINISHED) afterwards."""
     import mlflow.pytorch  # noqa: PLC0415 - loads torch-specific MLflow code only when a model is logged
 
     requirements = [f"{package}=={version(package)}" for package in ("torch", "torchvision", "mlflow", "numpy")]
-    info = mlflow.pytorch.log_model(model, name="model", input_example=input_example, pip_requirements=requirements,
-                                    registered_model_name=registered_name)
+    active = mlflow.active_run()
+    context = nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id, nested=True)
+    with context:
+        info = mlflow.pytorch.log_model(model, name="model", input_example=input_example,
+                                        pip_requirements=requirements, registered_model_name=registered_name)
     return info.model_uri
 
 
@@ -244,21 +264,21 @@ def run_exists(run_id: str) -> bool:
         return False
 
 
-def log_figure(figure: Any, artifact_file: str) -> None:
-    """Save a matplotlib Figure into the active run's artifacts."""
-    mlflow.log_figure(figure, artifact_file)
+def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
+    """Save a matplotlib Figure into a run's artifacts."""
+    MlflowClient().log_figure(run_id, figure, artifact_file)
 
 
-def log_text(text: str, artifact_file: str) -> None:
-    """Save text (CSV, Markdown) into the active run's artifacts."""
-    mlflow.log_text(text, artifact_file)
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    """Save text (CSV, Markdown) into a run's artifacts."""
+    MlflowClient().log_text(run_id, text, artifact_file)
 
 
-def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
-    """Save a dict as JSON or YAML (by extension) into the active run's artifacts."""
-    mlflow.log_dict(dict(data), artifact_file)
+def log_dict(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+    """Save a dict as JSON or YAML (by extension) into a run's artifacts."""
+    MlflowClient().log_dict(run_id, dict(data), artifact_file)
 
 
-def set_tags(tags: Mapping[str, Any]) -> None:
-    """Set tags on the active run."""
-    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a run, in one call."""
+    MlflowClient().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])

@@ -1,6 +1,7 @@
 """Training and evaluation loops: train_one_epoch / evaluate / fit(on_epoch=...). Never imports mlflow."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -50,35 +51,62 @@ def _progress(batches: Batches, total: int, label: str, show: bool | None) -> It
     return tqdm(batches, total=total, desc=label, leave=False, disable=not show, unit="batch")
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, precision: Precision,
-                    total: int = 0, label: str = "train", show_progress: bool | None = None) -> dict[str, float]:
-    """One pass over `batches` in train mode; sums stay on the device and are read once at the end."""
-    model.train()  # every epoch: evaluate() leaves the model in eval mode
+@dataclass
+class Member:
+    """One model being trained: with its optimizer and schedule; several train in lockstep on the same batches."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+def _step(member: Member, images: torch.Tensor, labels: torch.Tensor, precision: Precision,
+          loss_fn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one batch; returns the summed loss and the correct count, left on the device."""
+    with precision.autocast():
+        logits = member.model(images)
+        loss = loss_fn(logits.float(), labels)
+    member.optimizer.zero_grad(set_to_none=True)
+    (loss / labels.shape[0]).backward()  # mean over the batch, as the notebook's criterion
+    member.optimizer.step()
+    if member.scheduler is not None:
+        member.scheduler.step()
+    return loss.detach(), (logits.argmax(1) == labels).sum()
+
+
+def train_epoch(members: list[Member], batches: Batches, precision: Precision, total: int = 0,
+                label: str = "train", show_progress: bool | None = None) -> list[dict[str, float]]:
+    """One pass over `batches`, each batch feeding every member in turn; sums stay on the device until the end.
+
+    With several members the epoch's wall time is shared: each gets an equal part as its epoch_time.
+    """
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum = torch.zeros((), device=precision.device)
-    correct = torch.zeros((), device=precision.device, dtype=torch.long)
+    for member in members:
+        member.model.train()  # every epoch: evaluate() leaves the model in eval mode
+    sums = [[torch.zeros((), device=precision.device), torch.zeros((), device=precision.device,
+                                                                   dtype=torch.long)] for _ in members]
     seen = 0
     _sync(precision.device)
     began = time.perf_counter()
     for images, labels in _progress(batches, total, label, show_progress):
         images, labels = precision.prepare(images), labels.to(precision.device, non_blocking=True)
-        with precision.autocast():
-            logits = model(images)
-            loss = loss_fn(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        (loss / labels.shape[0]).backward()  # mean over the batch, as the notebook's criterion
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum += loss.detach()
-        correct += (logits.argmax(1) == labels).sum()
+        for member, (loss_sum, correct) in zip(members, sums):
+            loss, hits = _step(member, images, labels, precision, loss_fn)
+            loss_sum += loss
+            correct += hits
         seen += labels.shape[0]
     _sync(precision.device)
-    seconds = time.perf_counter() - began
-    return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
-            "epoch_time": seconds, "throughput": seen / seconds if seconds > 0 else 0.0,
-            "lr": optimizer.param_groups[0]["lr"]}
+    seconds = (time.perf_counter() - began) / max(len(members), 1)
+    return [{"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+             "epoch_time": seconds, "throughput": seen / seconds if seconds > 0 else 0.0,
+             "lr": member.optimizer.param_groups[0]["lr"]} for member, (loss_sum, correct) in zip(members, sums)]
+
+
+def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, precision: Precision,
+                    total: int = 0, label: str = "train", show_progress: bool | None = None) -> dict[str, float]:
+    """One pass over `batches` in train mode for one model; sums are read once at the end."""
+    return train_epoch([Member(model, optimizer, scheduler)], batches, precision, total, label, show_progress)[0]
 
 
 @torch.inference_mode()
@@ -114,29 +142,52 @@ class FitState:
     best_val_acc: float = 0.0
     time_to_target: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    diverged: str = ""  # why training stopped on a non-finite loss; empty while it has not
 
 
 EpochCallback = Callable[[int, dict[str, float], torch.Tensor, FitState], None]
 
 
+def _record(state: FitState, epoch: int, metrics: dict[str, float], target_acc: float) -> None:
+    """Fold one epoch's metrics into the state (best accuracy, time to target, history)."""
+    state.epoch, state.train_seconds = epoch, state.train_seconds + metrics["epoch_time"]
+    state.best_val_acc = max(state.best_val_acc, metrics["val_acc"])
+    if state.time_to_target is None and metrics["val_acc"] >= target_acc:
+        state.time_to_target = state.train_seconds
+    metrics["best_val_acc"] = state.best_val_acc
+    state.history.append(metrics)
+
+
+def fit_lockstep(members: list[Member], train_batches, val_batches, epochs: int, precision: Precision,
+                 target_acc: float, callbacks: list[EpochCallback], states: list[FitState] | None = None,
+                 show_progress: bool | None = None) -> list[FitState]:
+    """Train every member on the very same batches until `epochs`; a member whose loss turns non-finite
+    stops (its state says why) while the others go on. on_epoch callbacks run after each epoch."""
+    states = states or [FitState() for _ in members]
+    for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
+        active = [i for i, s in enumerate(states) if not s.diverged and s.epoch < epoch]
+        if not active:
+            break
+        results = train_epoch([members[i] for i in active], train_batches, precision, len(train_batches),
+                              f"epoch {epoch}/{epochs}", show_progress)
+        for index, metrics in zip(active, results):
+            if not math.isfinite(metrics["train_loss"]):
+                states[index].diverged = f"train_loss is {metrics['train_loss']} in epoch {epoch}"
+                continue
+            val_metrics, confusion = evaluate(members[index].model, val_batches, precision,
+                                              total=len(val_batches), show_progress=show_progress)
+            metrics.update(val_metrics)
+            _record(states[index], epoch, metrics, target_acc)
+            callbacks[index](epoch, metrics, confusion, states[index])
+    return states
+
+
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_batches, val_batches,
         epochs: int, precision: Precision, target_acc: float, on_epoch: EpochCallback,
         state: FitState | None = None, show_progress: bool | None = None) -> FitState:
-    """Train until `epochs` are done (continuing from `state`), calling on_epoch after each; raises on NaN."""
-    state = state or FitState()
-    for epoch in range(state.epoch + 1, epochs + 1):
-        metrics = train_one_epoch(model, train_batches, optimizer, scheduler, precision, len(train_batches),
-                                  f"epoch {epoch}/{epochs}", show_progress)
-        if not torch.isfinite(torch.tensor(metrics["train_loss"])):
-            raise DivergedError(f"train_loss is {metrics['train_loss']} in epoch {epoch}")
-        val_metrics, confusion = evaluate(model, val_batches, precision, total=len(val_batches),
-                                          show_progress=show_progress)
-        metrics.update(val_metrics)
-        state.epoch, state.train_seconds = epoch, state.train_seconds + metrics["epoch_time"]
-        state.best_val_acc = max(state.best_val_acc, metrics["val_acc"])
-        if state.time_to_target is None and metrics["val_acc"] >= target_acc:
-            state.time_to_target = state.train_seconds
-        metrics["best_val_acc"] = state.best_val_acc
-        state.history.append(metrics)
-        on_epoch(epoch, metrics, confusion, state)
+    """Train one model until `epochs` are done (continuing from `state`); raises DivergedError on NaN/inf."""
+    (state,) = fit_lockstep([Member(model, optimizer, scheduler)], train_batches, val_batches, epochs, precision,
+                            target_acc, [on_epoch], [state] if state else None, show_progress)
+    if state.diverged:
+        raise DivergedError(state.diverged)
     return state

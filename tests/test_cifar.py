@@ -12,7 +12,7 @@ import torch
 
 from conftest import (REPO, SHARED_SUBSET, artifact_files, metric_history, mlflow_run, new_experiment, run_cli,
                       runs_of)
-from pipeline.cifar import build_trainer
+from pipeline.cifar import build_loaders, build_trainer
 from pipeline.config import build_config
 from pipeline.data import load_cifar10, normalize
 
@@ -75,8 +75,9 @@ def test_the_model_learns_on_real_images(tracking):
 
 def test_every_optimizer_starts_from_the_same_weights_and_data_order():
     arrays = load_cifar10(SHARED_SUBSET, download=False, train_limit=64, val_limit=32)
-    first, second = (build_trainer(build_config("cifar", {"optimizer": name, "model": "tiny_cnn"}), arrays,
-                                   torch.device("cpu")) for name in ("momentum", "adadelta"))
+    configs = [build_config("cifar", {"optimizer": name, "model": "tiny_cnn"}) for name in ("momentum", "adadelta")]
+    cpu = torch.device("cpu")
+    first, second = (build_trainer(cfg, build_loaders(cfg, arrays, cpu), cpu) for cfg in configs)
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
     (xa, ya), (xb, yb) = next(iter(first.train_batches)), next(iter(second.train_batches))
@@ -89,7 +90,7 @@ def test_divergence_tags_the_run_and_exits_3(tracking):
     done = _run(experiment, "--optimizer", "sgd", "--lr", "1e30", "--epochs", "2", "--train_limit", "256",
                 "--val_limit", "64")
     assert done.returncode == 3 and "Traceback" not in done.stderr
-    assert "error: training diverged (train_loss is nan in epoch 1)" in done.stderr
+    assert "error: sgd diverged (train_loss is nan in epoch 1); try a smaller lr" in done.stderr
     (run,) = runs_of(tracking, experiment)
     assert run.info.status == "FAILED" and run.data.tags["diverged"] == "true"
     assert "model_uri" not in run.data.tags
