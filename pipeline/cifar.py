@@ -46,12 +46,17 @@ def load_data(cfg: CifarConfig) -> CifarArrays:
 class Trainer:
     """Everything one training run moves forward: model, optimizer, schedule, loaders and precision."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # the plain module: checkpoints and the logged model come from it
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     train_batches: CifarLoader
     val_batches: CifarLoader
     precision: Precision
+    forward: torch.nn.Module | None = None  # torch.compile'd model when compile=true; shares the parameters
+
+    def member(self) -> Member:
+        """The model as train.py steps it: compiled when asked for, same parameters either way."""
+        return Member(self.forward or self.model, self.optimizer, self.scheduler)
 
 
 def build_loaders(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -> tuple[CifarLoader, CifarLoader]:
@@ -67,11 +72,12 @@ def build_trainer(cfg: CifarConfig, loaders: tuple[CifarLoader, CifarLoader], de
     precision = Precision(device, bf16=cfg.bf16, channels_last=cfg.channels_last)
     if precision.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), fast=device.type == "cuda", lr=cfg.lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train, val = loaders
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * len(train))
-    return Trainer(model, optimizer, scheduler, train, val, precision)
+    forward = torch.compile(model) if cfg.compile else None
+    return Trainer(model, optimizer, scheduler, train, val, precision, forward)
 
 
 def save_checkpoint(trainer: Trainer, state: FitState, folder: Path) -> Path:
@@ -215,7 +221,7 @@ def cifar_run(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
         if cfg.resume and (saved := tracking.download(run.run_id, CHECKPOINT, scratch)) is not None:
             state = restore_checkpoint(trainer, saved)
             print(f"resuming run {run.run_id} after epoch {state.epoch}")
-        (state,) = fit_lockstep([Member(trainer.model, trainer.optimizer, trainer.scheduler)], trainer.train_batches,
+        (state,) = fit_lockstep([trainer.member()], trainer.train_batches,
                                 trainer.val_batches, cfg.epochs, trainer.precision, cfg.target_acc, [log.on_epoch],
                                 [state] if state else None)
         code = log.finish(state, arrays)
@@ -247,7 +253,7 @@ def cifar_lockstep(cfgs: list[CifarConfig], arrays: CifarArrays, device: torch.d
             (Path(scratch) / run_id).mkdir()
             logs.append(RunLog(cfg, run_id, trainer, Path(scratch) / run_id))
             logs[-1].begin(params, arrays)
-        states = fit_lockstep([Member(t.model, t.optimizer, t.scheduler) for t in trainers], loaders[0], loaders[1],
+        states = fit_lockstep([t.member() for t in trainers], loaders[0], loaders[1],
                               cfgs[0].epochs, trainers[0].precision, cfgs[0].target_acc,
                               [log.on_epoch for log in logs])
         outcomes = []

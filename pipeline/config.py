@@ -84,6 +84,7 @@ class CifarConfig:
     device: str  # auto | cuda | cpu
     bf16: bool  # bf16 autocast, on CUDA only
     channels_last: bool  # on CUDA only
+    compile: bool  # torch.compile the model (minutes of compiling first; pays off on long GPU runs)
     target_acc: float  # val_acc (a fraction) whose first crossing time_to_target records
     resume: bool  # continue the latest unfinished run with this config from its checkpoint
     system_metrics: bool  # CPU/GPU/memory figures in the run, every 10 s

@@ -175,3 +175,12 @@ def test_notebook_model_with_adadelta_trains_and_logs_a_model(tracking):
     assert run.data.params["lr"] == "1.0"
     assert metric_history(tracking, run.info.run_id, "val_acc")[0] == [1, 2]
     _check_model_predicts(run, count=2)
+
+
+def test_compile_wraps_the_same_parameters_and_checkpoints_stay_plain():
+    arrays = load_cifar10(SHARED_SUBSET, download=False, train_limit=32, val_limit=16)
+    cfg, cpu = build_config("cifar", {"model": "tiny_cnn", "compile": "true"}), torch.device("cpu")
+    trainer = build_trainer(cfg, build_loaders(cfg, arrays, cpu), cpu)
+    assert trainer.forward is not None and trainer.member().model is trainer.forward
+    assert [p.data_ptr() for p in trainer.forward.parameters()] == [p.data_ptr() for p in trainer.model.parameters()]
+    assert not any(key.startswith("_orig_mod") for key in trainer.model.state_dict())
