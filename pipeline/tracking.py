@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import urllib.request
 import warnings
 from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
@@ -29,6 +30,20 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """For an http(s) tracking URI, fail fast with one line when the server does not answer (MLflow itself
+    retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            response.read(64)
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise UsageError(f"tracking server {uri} does not answer ({reason}); start it (make server) or point "
+                         "MLFLOW_TRACKING_URI elsewhere") from None
+
+
 def _sqlite_dir(uri: str) -> Path | None:
     """The folder of a sqlite:/// store, where its runs' artifacts go too; None for other stores."""
     prefix = "sqlite:///"  # then a relative path, or an absolute one that starts with one more '/'
@@ -47,7 +62,13 @@ def ensure_experiment(name: str) -> str:
     location = None
     if folder is not None:
         location = str(folder / "mlruns" / re.sub(r"[^A-Za-z0-9._-]+", "_", name))
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        found = client.get_experiment_by_name(name)  # a concurrent run created it first: use theirs
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 class RunHandle:
@@ -81,6 +102,7 @@ def tracked_run(experiment: str, run_name: str, tags: Mapping[str, str] | None =
     """
     mlflow.set_tracking_uri(tracking_uri())
     if parent is None:
+        check_server(tracking_uri())
         # Consumed here: mlflow.start_run would otherwise give `mlflow run`'s run to the first nested child too.
         run_id = run_id or os.environ.pop("MLFLOW_RUN_ID", None)
     experiment_id = None if run_id else (parent.experiment_id if parent else experiment_id_for(experiment))

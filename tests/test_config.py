@@ -11,13 +11,19 @@ from pipeline.errors import UsageError
 def test_params_yaml_has_a_complete_section_per_entry_point():
     document = yaml.safe_load(PARAMS_FILE.read_text())
     for section, cls in CONFIGS.items():
-        assert set(document[section]) == {f.name for f in dataclasses.fields(cls)}, section
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        assert set(document[section]) == required, section
 
 
-@pytest.mark.parametrize("section", list(CONFIGS))
+@pytest.mark.parametrize("section", [name for name in CONFIGS if name != "predict"])
 def test_defaults_validate(section):
     config = build_config(section)
     assert dataclasses.asdict(config)  # built without error, every field set
+
+
+def test_predict_needs_a_model_uri_and_says_so():
+    with pytest.raises(UsageError, match="model_uri: expected a model URI such as runs:/<run_id>/model"):
+        build_config("predict")
 
 
 def test_overrides_are_typed_and_win_over_params_yaml():
@@ -71,3 +77,34 @@ def test_a_broken_params_file_is_reported(tmp_path):
     params.write_text("toy:\n  optimizer: adam\n")
     with pytest.raises(UsageError, match="lacks toy.experiment"):
         build_config("toy", params_file=params)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from pipeline.cli import parse_overrides  # noqa: E402
+
+_TEXT = st.one_of(st.text(max_size=40), st.sampled_from(["__import__('os').system('id')", "$(rm -rf /)", "; ls",
+                                                           "1e309", "-0", "nan", "inf", "9" * 400, "0x10", "😀"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(section=st.sampled_from(["toy", "cifar", "compare", "predict"]),
+       overrides=st.dictionaries(st.sampled_from(["optimizer", "lr", "steps", "start", "function", "epochs",
+                                                  "batch_size", "model", "data_dir", "seed", "scheduler",
+                                                  "device", "task", "optimizers", "momentum", "bogus"]), _TEXT,
+                                 max_size=4))
+def test_any_input_is_a_config_or_one_usage_error_line(section, overrides):
+    try:
+        build_config(section, overrides)
+    except UsageError as error:
+        assert str(error) and "\n" not in str(error)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_TEXT, max_size=6))
+def test_any_argv_parses_or_is_a_usage_error(argv):
+    try:
+        parsed = parse_overrides(argv)
+    except UsageError:
+        return
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items())
