@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -18,6 +19,7 @@ from pipeline.config import CifarConfig, as_params, code_version, config_hash
 from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10, normalize
 from pipeline.errors import EXIT_DIVERGED, EXIT_OK, UsageError
 from pipeline.models import build_model
+from pipeline.outbox import Outbox
 from pipeline.optimizers import build_optimizer, build_scheduler, resolve_hparams
 from pipeline.train import FitState, Member, Precision, fit_lockstep
 
@@ -82,6 +84,7 @@ def build_trainer(cfg: CifarConfig, loaders: tuple[CifarLoader, CifarLoader], de
 
 def save_checkpoint(trainer: Trainer, state: FitState, folder: Path) -> Path:
     """Write what resuming needs (weights, optimizer, schedule, random streams, progress) to folder/last.pt."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "last.pt"
     torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                 "scheduler": trainer.scheduler.state_dict() if trainer.scheduler else None,
@@ -119,6 +122,13 @@ def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
             f"{m['throughput']:.0f} img/s, lr {m['lr']:.3g}")
 
 
+def _upload_and_remove(run_id: str, checkpoint: Path) -> None:
+    """Log an epoch's checkpoint as checkpoints/last.pt, then free its local copy (a ResNet18 + Adam one is
+    about 135 MB)."""
+    tracking.log_file(run_id, checkpoint, "checkpoints")
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+
+
 class RunLog:
     """Everything one cifar run writes to its MLflow run, addressed by run id (so several can be open)."""
 
@@ -126,6 +136,7 @@ class RunLog:
         self.cfg, self.run_id, self.trainer, self.folder = cfg, run_id, trainer, folder
         self.confusion: np.ndarray | None = None
         self.target_logged = False
+        self.outbox = Outbox()  # per-epoch logging leaves the training thread and survives server outages
 
     def begin(self, params: dict[str, str], arrays: CifarArrays) -> None:
         """Params, the resolved config and the data used."""
@@ -140,17 +151,21 @@ class RunLog:
         logged = dict(metrics)
         if state.time_to_target is not None and not self.target_logged:
             logged["time_to_target"], self.target_logged = state.time_to_target, True
-        tracking.log_epoch_metrics(self.run_id, logged, step=epoch)
+        run_id, label = self.run_id, f"epoch {epoch}"
+        self.outbox.submit(f"{label} metrics", lambda: tracking.log_metrics_now(run_id, logged, step=epoch))
         print(f"{self.cfg.optimizer} {epoch_line(epoch, self.cfg.epochs, metrics)}", flush=True)
-        title = f"{self.cfg.model} + {self.cfg.optimizer}"
-        tracking.log_figure(self.run_id, plots.curves_figure({self.cfg.optimizer: state.history}, title),
-                            "plots/curves.png")
-        tracking.log_file(self.run_id, save_checkpoint(self.trainer, state, self.folder), "checkpoints")
+        figure = plots.curves_figure({self.cfg.optimizer: list(state.history)}, f"{self.cfg.model} + "
+                                     f"{self.cfg.optimizer}")
+        self.outbox.submit(f"{label} curves", lambda: tracking.log_figure(run_id, figure, "plots/curves.png"))
+        checkpoint = save_checkpoint(self.trainer, state, self.folder / f"epoch-{epoch}")
+        self.outbox.submit(f"{label} checkpoint", lambda: _upload_and_remove(run_id, checkpoint))
         self.confusion = confusion.numpy()
 
     def finish(self, state: FitState, arrays: CifarArrays) -> int:
         """Outcome tags, final-epoch tables and the model; returns the exit code."""
         cfg, run_id = self.cfg, self.run_id
+        if not self.outbox.close():
+            print(f"warning: some epoch logs of run {run_id} could not be delivered", file=sys.stderr)
         if state.diverged:
             tracking.set_tags(run_id, {"diverged": "true"})
             print(f"error: {cfg.optimizer} diverged ({state.diverged}); try a smaller lr. Run {run_id} is marked "

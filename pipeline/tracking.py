@@ -30,6 +30,11 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+# Fail an HTTP call in seconds, not minutes: the Outbox retries it for as long as an outage lasts.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 def check_server(uri: str, timeout_s: float = 5.0) -> None:
     """For an http(s) tracking URI, fail fast with one line when the server does not answer (MLflow itself
     retries for minutes)."""
@@ -164,6 +169,12 @@ def log_epoch_metrics(run_id: str, metrics: Mapping[str, float], step: int) -> N
     now = int(time.time() * 1000)
     batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
     MlflowClient().log_batch(run_id, metrics=batch, synchronous=False)
+
+
+def log_metrics_now(run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """One step's metrics in one synchronous call that raises on failure (for a retrying sender)."""
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
 
 
 def log_dataset(run_id: str, name: str, features: Any, targets: Any, source: str, digest: str,

@@ -1,5 +1,6 @@
 """Against a real `mlflow server` on 127.0.0.1: concurrent runs lose nothing; a dead server fails fast."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import mlflow
 import pytest
 
-from conftest import metric_history, new_experiment, run_cli, runs_of
+from conftest import REPO, SHARED_SUBSET, metric_history, new_experiment, run_cli, runs_of
 
 
 def _free_port() -> int:
@@ -19,29 +20,36 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A tracking server with a SQLite backend and a local artifact store, bound to 127.0.0.1 only."""
-    folder = tmp_path_factory.mktemp("server")
-    port = _free_port()
+def start_server(folder, port: int) -> subprocess.Popen:
+    """`mlflow server` with a SQLite backend and a local artifact store on 127.0.0.1:port, once it answers."""
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination",
          str(folder / "artifacts")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).read()
-            break
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return process
         except OSError:
             time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("mlflow server did not start within 90 s")
-    yield url
-    process.terminate()
+    process.kill()
+    pytest.fail("mlflow server did not start within 90 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Stop a server started by start_server (its whole process group: gunicorn/uvicorn workers too)."""
+    os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A tracking server for the module's tests, bound to 127.0.0.1 only."""
+    port = _free_port()
+    process = start_server(tmp_path_factory.mktemp("server"), port)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(process)
 
 
 def test_four_concurrent_runs_lose_no_metric(server, monkeypatch):
@@ -70,3 +78,40 @@ def test_an_unreachable_server_is_one_line_within_seconds():
     assert time.monotonic() - began < 30  # a hang guard; it takes a few seconds
     assert done.returncode == 2 and "does not answer" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason="needs the real CIFAR-10 subset")
+def test_a_server_outage_mid_run_loses_no_epoch(tmp_path):
+    port, folder = _free_port(), tmp_path / "outage"
+    folder.mkdir()
+    url, experiment = f"http://127.0.0.1:{port}", new_experiment()
+    process = start_server(folder, port)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONUNBUFFERED": "1"}
+    training = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "cifar", "--model", "tiny_cnn", "--data_dir", str(SHARED_SUBSET),
+         "--epochs", "8", "--train_limit", "2048", "--val_limit", "128", "--system_metrics", "false",
+         "--log_model", "false", "--experiment", experiment], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in training.stdout:
+        output.append(line)
+        if "epoch 2/8" in line:
+            stop_server(process)  # down from epoch 2 on ...
+            down = time.monotonic()
+            time.sleep(4)
+            process = start_server(folder, port)  # ... back a few epochs later
+            downtime = time.monotonic() - down
+            break
+    output += training.stdout.readlines()
+    training.wait(timeout=300)
+    try:
+        assert training.returncode == 0, "".join(output)[-3000:]
+        assert any("retrying, training goes on" in line for line in output)
+        client = mlflow.MlflowClient(url)
+        (run,) = runs_of(client, experiment)
+        assert run.info.status == "FINISHED"
+        for key in ("train_loss", "val_acc", "epoch_time"):
+            assert sorted({m.step for m in client.get_metric_history(run.info.run_id, key)}) == list(range(1, 9))
+        assert downtime > 4
+    finally:
+        stop_server(process)
