@@ -123,7 +123,7 @@ def test_resume_after_kill_9_continues_the_same_run_to_the_same_result(tracking)
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "cifar", *QUICK, "--experiment", crashed, *args],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in process.stdout:  # kill -9 as soon as epoch 1 is done (its checkpoint follows within a second)
-        if line.startswith("epoch 1/4"):
+        if "epoch 1/4:" in line:
             time.sleep(1.0)
             os.kill(process.pid, signal.SIGKILL)
             break
