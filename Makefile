@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 STORE := sqlite:///$(CURDIR)/mlflow.db
 
-.PHONY: setup demo test server ui clean
+.PHONY: setup demo test bench server ui clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Speed against the notebook's loops, measured side by side: one table of ratios (docs/performance.md).
+bench: setup
+	$(PY) -m bench
 
 # A tracking server on this machine only (--host $(HOST)); point runs at it with
 #   export MLFLOW_TRACKING_URI=http://$(HOST):$(PORT)
