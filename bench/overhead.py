@@ -118,7 +118,7 @@ def _row(off: list[float], on: list[float], start_s: float, epochs: int, images:
     ratio = statistics.median(b / a for a, b in zip(off, on))
     per_epoch_ms = 1000 * (statistics.median(on) - statistics.median(off)) / epochs
     notes = (f"tiny_cnn, {images} train images, batch 32, {epochs} epochs (train + eval), local `mlflow server` "
-             f"(SQLite, proxied artifacts); per epoch, as pipeline.cifar.RunLog does it: metrics, curves figure and "
+             f"(SQLite, proxied artifacts); per epoch, as pipeline.cifar.RunLog does it: metrics and "
              f"checkpoint, sent by its background outbox; median of {len(on)} alternating pairs",
              f"overhead {100 * (ratio - 1):+.1f}% = {per_epoch_ms:.0f} ms per epoch against "
              f"{1000 * statistics.median(off) / epochs:.0f} ms of training per epoch; starting and ending a run: "

@@ -147,16 +147,13 @@ class RunLog:
                                  split)
 
     def on_epoch(self, epoch: int, metrics: dict[str, float], confusion: torch.Tensor, state: FitState) -> None:
-        """The fit() callback: metrics (one async call), a console line, curves and the checkpoint."""
+        """The fit() callback: metrics (one call, sent in the background), a console line and the checkpoint."""
         logged = dict(metrics)
         if state.time_to_target is not None and not self.target_logged:
             logged["time_to_target"], self.target_logged = state.time_to_target, True
         run_id, label = self.run_id, f"epoch {epoch}"
         self.outbox.submit(f"{label} metrics", lambda: tracking.log_metrics_now(run_id, logged, step=epoch))
         print(f"{self.cfg.optimizer} {epoch_line(epoch, self.cfg.epochs, metrics)}", flush=True)
-        figure = plots.curves_figure({self.cfg.optimizer: list(state.history)}, f"{self.cfg.model} + "
-                                     f"{self.cfg.optimizer}")
-        self.outbox.submit(f"{label} curves", lambda: tracking.log_figure(run_id, figure, "plots/curves.png"))
         checkpoint = save_checkpoint(self.trainer, state, self.folder / f"epoch-{epoch}")
         self.outbox.submit(f"{label} checkpoint", lambda: _upload_and_remove(run_id, checkpoint))
         self.confusion = confusion.numpy()
@@ -166,6 +163,9 @@ class RunLog:
         cfg, run_id = self.cfg, self.run_id
         if not self.outbox.close():
             print(f"warning: some epoch logs of run {run_id} could not be delivered", file=sys.stderr)
+        if state.history:  # drawn once here, not every epoch: it was most of the logging cost (docs/performance.md)
+            figure = plots.curves_figure({cfg.optimizer: state.history}, f"{cfg.model} + {cfg.optimizer}")
+            tracking.log_figure(run_id, figure, "plots/curves.png")
         if state.diverged:
             tracking.set_tags(run_id, {"diverged": "true"})
             print(f"error: {cfg.optimizer} diverged ({state.diverged}); try a smaller lr. Run {run_id} is marked "
