@@ -171,7 +171,8 @@ class RunLog:
             print(f"error: {cfg.optimizer} diverged ({state.diverged}); try a smaller lr. Run {run_id} is marked "
                   "FAILED.", file=sys.stderr)
             return EXIT_DIVERGED
-        tracking.set_tags(run_id, {"diverged": "false", "target_reached": str(state.time_to_target is not None).lower()})
+        reached = str(state.time_to_target is not None).lower()
+        tracking.set_tags(run_id, {"diverged": "false", "target_reached": reached})
         if self.confusion is not None:
             self._log_tables(self.confusion)
         if self.confusion is not None and cfg.log_model:

@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(listing(command))
             return EXIT_OK
         if command not in ENTRIES:
-            raise UsageError(f"unknown entry point {command!r}; choose one of: {', '.join([*ENTRIES, *RUNNERS, *LISTINGS])}")
+            choices = ", ".join([*ENTRIES, *RUNNERS, *LISTINGS])
+            raise UsageError(f"unknown entry point {command!r}; choose one of: {choices}")
         if {"-h", "--help"} & set(rest):
             print(entry_help(command))
             return EXIT_OK

@@ -6,7 +6,7 @@ import math
 import mlflow
 import pytest
 
-from conftest import (SHARED_SUBSET, artifact_files, metric_history, mlflow_run, new_experiment, run_cli,
+from conftest import (SHARED_SUBSET, artifact_files, metric_history, new_experiment, run_cli,
                       runs_of)
 from pipeline import compare
 from pipeline.compare import RunRecord
