@@ -44,11 +44,11 @@ class Function2D:
     def distance_to_min(self, xy: Array) -> Array:
         """Euclidean distance from each (..., 2) point to the nearest global minimum."""
         lib = _lib(xy)
-        minima = lib.asarray(self.minima) if lib is np else torch.tensor(self.minima, dtype=xy.dtype,
-                                                                             device=xy.device)
-        gaps = xy[..., None, :] - minima  # (..., M, 2)
-        dist = (gaps ** 2).sum(-1) ** 0.5
-        return dist.min(-1) if lib is np else dist.min(-1).values
+        nearest = None
+        for mx, my in self.minima:  # one hypot per minimum: no (..., M, 2) temporary
+            gap = lib.hypot(xy[..., 0] - mx, xy[..., 1] - my)
+            nearest = gap if nearest is None else lib.minimum(nearest, gap)
+        return nearest
 
 
 def _ackley(x, y, lib):
