@@ -46,7 +46,7 @@ def run_predict(cfg: PredictConfig) -> int:
         tracking.log_params(run.run_id, {**as_params(cfg), "images": str(len(items.names))})
         tracking.log_text(run.run_id, predictions_csv(items, probs), "predictions.csv")
         if accuracy is not None:
-            tracking.log_epoch_metrics(run.run_id, {"accuracy": accuracy}, step=0)
+            tracking.log_metrics_now(run.run_id, {"accuracy": accuracy}, step=0)
     if accuracy is not None:
         print(f"accuracy {accuracy:.2%} on {int(known.sum())} labelled images (run {run.run_id})")
     return EXIT_OK

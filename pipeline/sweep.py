@@ -26,14 +26,17 @@ def _record(run_id: str, task: str, reused: bool = False) -> RunRecord:
 
 
 def _trainer(cfg: CompareConfig):
-    """A function that trains one child config under a parent run and returns its run id."""
+    """A function that trains one child config under a parent run and returns its run id. For cifar the data
+    is loaded here, once for all children and before the parent run starts (missing data: no run at all)."""
     if cfg.task == "toy":
         from pipeline.toy import toy_run
 
         return lambda child, parent: toy_run(child, parent)[0]
-    from pipeline.cifar import cifar_run, load_data, resolve_device
+    from pipeline.cifar import cifar_lockstep, cifar_run, load_data, resolve_device
 
-    device, arrays = resolve_device(cfg.children[0].device), load_data(cfg.children[0])  # once for all children
+    device, arrays = resolve_device(cfg.children[0].device), load_data(cfg.children[0])
+    if cfg.lockstep:
+        return lambda children, parent: cifar_lockstep(children, arrays, device, parent)
     return lambda child, parent: cifar_run(child, arrays, device, parent)[0]
 
 
@@ -47,14 +50,12 @@ def reusable(cfg: CompareConfig, child, parent: tracking.RunHandle) -> RunRecord
     return None
 
 
-def run_lockstep(cfg: CompareConfig, parent: tracking.RunHandle) -> list[RunRecord]:
+def run_lockstep(cfg: CompareConfig, parent: tracking.RunHandle, train) -> list[RunRecord]:
     """Reuse what can be reused, train the rest together on the same batches; records in the children's order."""
-    from pipeline.cifar import cifar_lockstep, load_data, resolve_device
-
     found = {child.optimizer: reusable(cfg, child, parent) for child in cfg.children}
     todo = [child for child in cfg.children if found[child.optimizer] is None]
     if todo:
-        outcomes = cifar_lockstep(todo, load_data(todo[0]), resolve_device(todo[0].device), parent)
+        outcomes = train(todo, parent)
         found.update({child.optimizer: _record(run_id, cfg.task) for child, (run_id, _) in zip(todo, outcomes)})
     return [found[child.optimizer] for child in cfg.children]
 
@@ -165,14 +166,14 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
     if cfg.from_runs:
         task, ids = redraw_ids(cfg)
         cfg = dataclasses.replace(cfg, task=task)
-    train = None if cfg.from_runs or cfg.lockstep else _trainer(cfg)
+    train = None if cfg.from_runs else _trainer(cfg)
     tags = {"task": "compare", "compare_task": cfg.task, **({"redrawn_from": cfg.from_runs} if cfg.from_runs else {})}
     with tracking.tracked_run(cfg.experiment, f"compare-{cfg.task}", tags) as parent:
         tracking.log_params(parent.run_id, shared_params(cfg))
         if cfg.from_runs:
             records = [_record(run_id, cfg.task, reused=True) for run_id in ids]
         elif cfg.lockstep:
-            records = run_lockstep(cfg, parent)
+            records = run_lockstep(cfg, parent, train)
         else:
             records = [run_child(cfg, child, parent, train) for child in cfg.children]
         markdown = report(parent.run_id, cfg.task, records, f"compare {cfg.task}: {len(records)} optimizers")

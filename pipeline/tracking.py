@@ -33,6 +33,7 @@ def tracking_uri() -> str:
 # Fail an HTTP call in seconds, not minutes: the Outbox retries it for as long as an outage lasts.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our downloads are a file or a model
 
 
 def check_server(uri: str, timeout_s: float = 5.0) -> None:
@@ -164,17 +165,9 @@ def log_metric_series(run_id: str, series: Mapping[str, Sequence[float]], steps:
     return calls
 
 
-def log_epoch_metrics(run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """One epoch's metrics in one call, sent off the training thread (flushed when the run ends)."""
-    now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-    MlflowClient().log_batch(run_id, metrics=batch, synchronous=False)
-
-
 def log_metrics_now(run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """One step's metrics in one synchronous call that raises on failure (for a retrying sender)."""
-    now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+    """One step's metrics in one synchronous call that raises on failure (the Outbox retries it)."""
+    log_metric_series(run_id, {key: [value] for key, value in metrics.items()}, [step])
 
 
 def log_dataset(run_id: str, name: str, features: Any, targets: Any, source: str, digest: str,
@@ -195,7 +188,6 @@ def log_file(run_id: str, local_path: str | Path, artifact_path: str | None = No
 
 def download(run_id: str, artifact_path: str, folder: str | Path) -> Path | None:
     """A run's artifact copied into `folder`; None when the run has no such artifact."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for one small file
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
                                                         dst_path=str(folder)))
@@ -223,7 +215,6 @@ def load_predictor(model_uri: str) -> Callable[[Any], Any]:
     import mlflow.pyfunc  # noqa: PLC0415
 
     mlflow.set_tracking_uri(tracking_uri())
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return mlflow.pyfunc.load_model(model_uri).predict
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as error:
@@ -245,12 +236,13 @@ def set_alias(model_name: str, run_id: str, alias: str) -> str:
 
 
 def find_resumable_run(experiment: str, config_hash: str) -> str | None:
-    """The newest run of `experiment` with this config hash that did not finish (crashed, killed, failed)."""
+    """The newest run of `experiment` with this config hash that did not finish (crashed, killed, failed), and
+    did not diverge (continuing that would diverge again)."""
     client = MlflowClient()
     runs = client.search_runs([experiment_id_for(experiment)],
                               filter_string=f"tags.config_hash = '{config_hash}'",
                               order_by=["attributes.start_time DESC"], max_results=20)
-    unfinished = [run for run in runs if run.info.status != "FINISHED"]
+    unfinished = [run for run in runs if run.info.status != "FINISHED" and run.data.tags.get("diverged") != "true"]
     return unfinished[0].info.run_id if unfinished else None
 
 

@@ -94,6 +94,8 @@ def test_sweep_params_are_validated_before_any_run(tracking):
                           (["--task", "toy", "--epochs", "2"], "unknown param 'epochs' for toy"),
                           (["--task", "cifar", "--data_dir", "/nonexistent", "--download", "false"],
                            "no CIFAR-10 in /nonexistent"),
+                          (["--task", "cifar", "--lockstep", "true", "--data_dir", "/nonexistent", "--download",
+                            "false"], "no CIFAR-10 in /nonexistent"),
                           (["--from_runs", "no-such-thing"], "from_runs: no toy runs found")):
         done = run_cli("compare", *args, "--experiment", experiment)
         assert done.returncode == 2 and message in done.stderr, done.stderr
