@@ -1,7 +1,9 @@
 """Batched descent on a 2-D test function: many starting points, one optimizer, positions out. No I/O."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,26 +39,74 @@ def _first_true(flags: torch.Tensor) -> np.ndarray:
 CHECK_EVERY = 8  # steps between stopping checks: each check reads back one flag (a host sync on GPUs)
 
 
+def _summed(fn: Function2D) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """points (2, N) -> (the sum of their losses, the losses): each point's gradient depends on its own loss."""
+    def summed(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = fn(point[0], point[1])
+        return loss.sum(), loss
+
+    return summed
+
+
+def _record(point: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, position: torch.Tensor,
+            loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+    """Write one step's row of the record; returns the gradient."""
+    position.copy_(point)
+    loss.copy_(values)
+    torch.hypot(grad[0], grad[1], out=grad_norm)  # vector_norm over dim 0 is 40x slower here
+    return grad
+
+
+def _evaluator(fn: Function2D) -> Callable[..., torch.Tensor]:
+    """(points (2, N), position/loss/grad-norm rows to fill) -> gradient (2, N), with plain autograd.
+
+    Coordinates are rows, so x and y are each contiguous (a compiled kernel then vectorises over points).
+    """
+    summed = _summed(fn)
+
+    def evaluate(point: torch.Tensor, *rows: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            leaf = point.detach().requires_grad_(True)
+            total, values = summed(leaf)
+            (grad,) = torch.autograd.grad(total, leaf)
+        return _record(point, values.detach(), grad, *rows)
+
+    return evaluate
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_evaluator(fn: Function2D) -> Callable[..., torch.Tensor]:
+    """The same through torch.func and torch.compile; one per function, kept (a fresh closure would recompile)."""
+    grad_and_loss = torch.func.grad_and_value(_summed(fn), has_aux=True)
+
+    def evaluate(point: torch.Tensor, *rows: torch.Tensor) -> torch.Tensor:
+        grad, (_, values) = grad_and_loss(point)
+        return _record(point, values, grad, *rows)
+
+    return torch.compile(evaluate, dynamic=False)
+
+
 def run_descent(fn: Function2D, optimizer: str, starts: torch.Tensor, steps: int, tolerance: float,
-                **hparams: float | None) -> Trajectory:
+                compiled: bool = False, **hparams: float | None) -> Trajectory:
     """Descend from each row of `starts` (N, 2) until all converge or diverge, or `steps` run out.
 
     The points share one parameter tensor; every registered optimizer is element-wise, so this equals N
     independent runs. The record ends at the step where the last point converged or diverged.
+    `compiled=True` runs the function and its gradient through torch.compile: it pays a compile of a few
+    seconds once per function and shape, then steps 2-3x faster (worth it from some 10^7 point-steps).
     """
-    point = torch.nn.Parameter(starts.detach().clone())
+    count, dtype, device = starts.shape[0], starts.dtype, starts.device
+    point = torch.nn.Parameter(starts.detach().T.contiguous())  # (2, N)
     opt = build_optimizer(optimizer, [point], **hparams)
-    positions = torch.empty(steps + 1, *starts.shape, dtype=starts.dtype, device=starts.device)
-    losses = torch.empty(steps + 1, starts.shape[0], dtype=starts.dtype, device=starts.device)
+    evaluate = _compiled_evaluator(fn) if compiled else _evaluator(fn)
+    positions = torch.empty(steps + 1, 2, count, dtype=dtype, device=device)
+    losses = torch.empty(steps + 1, count, dtype=dtype, device=device)
     grad_norms = torch.empty_like(losses)
-    done = torch.zeros(starts.shape[0], dtype=torch.bool, device=starts.device)
+    done = torch.zeros(count, dtype=torch.bool, device=device)
     checked = stop = 0
     for stop in range(steps + 1):
-        opt.zero_grad(set_to_none=True)
-        loss = fn.on_points(point)
-        loss.sum().backward()  # each point's gradient depends on its own loss only
-        positions[stop], losses[stop] = point.detach(), loss.detach()
-        torch.linalg.vector_norm(point.grad, dim=1, out=grad_norms[stop])
+        with torch.no_grad():
+            point.grad = evaluate(point.detach(), positions[stop], losses[stop], grad_norms[stop])
         if stop == steps or (stop + 1 - checked) >= CHECK_EVERY:
             window = losses[checked: stop + 1]
             done |= (~torch.isfinite(window) | (window - fn.f_min <= tolerance)).any(0)
@@ -64,7 +114,8 @@ def run_descent(fn: Function2D, optimizer: str, starts: torch.Tensor, steps: int
             if bool(done.all()):
                 break
         opt.step()
-    traj = _finish(fn, positions[: stop + 1], losses[: stop + 1], grad_norms[: stop + 1], tolerance)
+    traj = _finish(fn, positions[: stop + 1].transpose(1, 2), losses[: stop + 1], grad_norms[: stop + 1],
+                   tolerance)
     ended = np.maximum(traj.converged_step, traj.diverged_step)
     if (ended >= 0).all() and ended.max() < stop:  # all finished before the check noticed: trim the extra steps
         last = int(ended.max()) + 1

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from pipeline.descent import run_descent, starting_points
 from pipeline.functions import FUNCTIONS
@@ -79,3 +80,17 @@ def test_random_starts_are_seeded_and_inside_the_window():
     torch.testing.assert_close(first, again)
     assert not torch.equal(first, other)
     assert first[:, 0].min() >= -10 and first[:, 1].max() <= 10
+
+
+@pytest.mark.parametrize("name,optimizer", [("ackley", "sgd"), ("rosenbrock", "adam")])
+def test_the_compiled_step_follows_the_same_paths(name, optimizer):
+    fn = FUNCTIONS[name]
+    starts = starting_points(fn, 64, seed=5)
+    eager = run_descent(fn, optimizer, starts, 60, tolerance=1e-3, lr=1e-3)
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = run_descent(fn, optimizer, starts, 60, tolerance=1e-3, lr=1e-3, compiled=True)
+    assert counters["stats"]["unique_graphs"] > graphs  # it really compiled (no silent eager fallback)
+    assert compiled.steps_taken == eager.steps_taken
+    np.testing.assert_allclose(compiled.positions, eager.positions, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(compiled.grad_norms, eager.grad_norms, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(compiled.converged_step, eager.converged_step)
