@@ -63,7 +63,8 @@ def ours_images_per_s(name: str, x: np.ndarray, y: np.ndarray, batch: int, devic
                       plan: Plan) -> float:
     """Images/s of pipeline's path: uint8 data on the device, batched augmentation, sums read once per epoch."""
     cuda = device.type == "cuda"
-    precision = Precision(device, bf16=cuda, channels_last=cuda)  # as params.yaml: bf16/channels_last on CUDA
+    # As params.yaml's defaults: bf16 autocast where the device runs it natively, channels_last on CUDA.
+    precision = Precision(device, bf16=True, channels_last=True)
     model = seeded_model(name, device, precision)
     # The notebook's SGD(lr=0.001, momentum=0.9); fused/foreach kernels on CUDA, as our cifar runs build it.
     optimizer = build_optimizer("momentum", model.parameters(), fast=cuda)
@@ -89,9 +90,10 @@ def notebook_images_per_s(name: str, x: np.ndarray, y: np.ndarray, device: torch
 def _note(batch: int, plan: Plan, base_plan: Plan, device: torch.device, gflops: float, ours: float,
           base: float) -> str:
     """How one cifar row was measured, and the arithmetic rate each loop reached."""
-    return (f"ours: CifarLoader (uint8 on {device.type}) + train_one_epoch, batch {batch}, {plan.timed * batch} "
-            f"images timed after {plan.warmup} warm-up batch(es); notebook: batch {NOTEBOOK_BATCH}, "
-            f"{base_plan.timed * NOTEBOOK_BATCH} images after {base_plan.warmup}; best of {plan.rounds} alternating "
+    ours_precision = "bf16 autocast" if Precision(device, bf16=True).autocast_bf16 else "fp32"
+    return (f"ours: CifarLoader (uint8 on {device.type}) + train_one_epoch in {ours_precision}, batch {batch}, "
+            f"{plan.timed * batch} images timed after {plan.warmup} warm-up batch(es); notebook: fp32, batch "
+            f"{NOTEBOOK_BATCH}, {base_plan.timed * NOTEBOOK_BATCH} images after {base_plan.warmup}; best of {plan.rounds} alternating "
             f"rounds; {gflops:.3g} GFLOP/image fwd+bwd, so ours runs {gflops * ours:.0f} GFLOP/s, the notebook "
             f"{gflops * base:.0f} GFLOP/s")
 

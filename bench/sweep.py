@@ -36,7 +36,7 @@ def seconds_per_batch(model: str, x: np.ndarray, y: np.ndarray, device: torch.de
                       warmup: int, timed: int, names: tuple[str, ...] = OPTIMIZERS) -> float:
     """Seconds for every optimizer to take one step on one batch: all on each batch, or one optimizer at a time."""
     cuda = device.type == "cuda"
-    precision = Precision(device, bf16=cuda, channels_last=cuda)
+    precision = Precision(device, bf16=True, channels_last=True)  # params.yaml defaults
     warm = CifarLoader(x[:warmup * BATCH], y[:warmup * BATCH], BATCH, train=True, device=device)
     batches = CifarLoader(x[:timed * BATCH], y[:timed * BATCH], BATCH, train=True, seed=1, device=device,
                           drop_last=True)

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,14 @@ class RunLog:
         self.cfg, self.run_id, self.trainer, self.folder = cfg, run_id, trainer, folder
         self.confusion: np.ndarray | None = None
         self.target_logged = False
+        self.logged_through = 0  # epochs whose metrics the store already holds (a resumed run has some)
+        self.last_checkpoint = time.monotonic()
         self.outbox = Outbox()  # per-epoch logging leaves the training thread and survives server outages
+
+    def resuming(self) -> None:
+        """Continue a run the store already has: epochs it holds are trained again but not logged twice."""
+        self.logged_through = tracking.last_step(self.run_id, "train_loss")
+        self.target_logged = tracking.last_step(self.run_id, "time_to_target") > 0
 
     def begin(self, params: dict[str, str], arrays: CifarArrays) -> None:
         """Params, the resolved config and the data used."""
@@ -152,10 +160,13 @@ class RunLog:
         if state.time_to_target is not None and not self.target_logged:
             logged["time_to_target"], self.target_logged = state.time_to_target, True
         run_id, label = self.run_id, f"epoch {epoch}"
-        self.outbox.submit(f"{label} metrics", lambda: tracking.log_metrics_now(run_id, logged, step=epoch))
+        if epoch > self.logged_through:
+            self.outbox.submit(f"{label} metrics", lambda: tracking.log_metrics_now(run_id, logged, step=epoch))
         print(f"{self.cfg.optimizer} {epoch_line(epoch, self.cfg.epochs, metrics)}", flush=True)
-        checkpoint = save_checkpoint(self.trainer, state, self.folder / f"epoch-{epoch}")
-        self.outbox.submit(f"{label} checkpoint", lambda: _upload_and_remove(run_id, checkpoint))
+        if time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_every_s:
+            self.last_checkpoint = time.monotonic()  # a big model's save takes a while: count from its start
+            checkpoint = save_checkpoint(self.trainer, state, self.folder / f"epoch-{epoch}")
+            self.outbox.submit(f"{label} checkpoint", lambda: _upload_and_remove(run_id, checkpoint))
         self.confusion = confusion.numpy()
 
     def finish(self, state: FitState, arrays: CifarArrays) -> int:
@@ -200,7 +211,9 @@ def start_info(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -> t
     params = {**as_params(cfg), **{k: str(v) for k, v in hparams.items()},
               "train_images": str(len(arrays.train_y)), "val_images": str(len(arrays.test_y))}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    autocast = Precision(device, bf16=cfg.bf16).autocast_bf16
     tags = {"task": "cifar", "config_hash": config_hash(cfg), "code_version": code_version(), "device": name,
+            "train_precision": "bf16 autocast" if autocast else "fp32",
             "data_official": str(arrays.official).lower(), "data_digest": arrays.digest()}
     return params, tags
 
@@ -234,9 +247,13 @@ def cifar_run(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
         log = RunLog(cfg, run.run_id, trainer, Path(scratch))
         log.begin(params, arrays)
         state = None
-        if cfg.resume and (saved := tracking.download(run.run_id, CHECKPOINT, scratch)) is not None:
-            state = restore_checkpoint(trainer, saved)
-            print(f"resuming run {run.run_id} after epoch {state.epoch}")
+        if cfg.resume:
+            log.resuming()
+            if (saved := tracking.download(run.run_id, CHECKPOINT, scratch)) is not None:
+                state = restore_checkpoint(trainer, saved)
+                print(f"resuming run {run.run_id} after epoch {state.epoch}")
+            else:
+                print(f"resuming run {run.run_id} from its start: it crashed before its first checkpoint")
         (state,) = fit_lockstep([trainer.member()], trainer.train_batches,
                                 trainer.val_batches, cfg.epochs, trainer.precision, cfg.target_acc, [log.on_epoch],
                                 [state] if state else None)

@@ -82,11 +82,12 @@ class CifarConfig:
     epochs: int
     seed: int  # initial weights, data order and augmentation
     device: str  # auto | cuda | cpu
-    bf16: bool  # bf16 autocast, on CUDA only
+    bf16: bool  # bf16 autocast of training steps where bf16 is native (CUDA; CPUs with AVX-512 BF16 or AMX)
     channels_last: bool  # on CUDA only
     compile: bool  # torch.compile the model (minutes of compiling first; pays off on long GPU runs)
     target_acc: float  # val_acc (a fraction) whose first crossing time_to_target records
     resume: bool  # continue the latest unfinished run with this config from its checkpoint
+    checkpoint_every_s: float  # training seconds between checkpoints (0 = after every epoch)
     system_metrics: bool  # CPU/GPU/memory figures in the run, every 10 s
     log_model: bool  # log the trained model with mlflow.pytorch.log_model
     register: bool  # also register it in the model registry under model_name
@@ -110,6 +111,8 @@ class CifarConfig:
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         _require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")
+        _require(0 <= self.checkpoint_every_s <= 1e9, "checkpoint_every_s", self.checkpoint_every_s,
+                 "a number of seconds >= 0 (0 = after every epoch)")
         _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
         _require(bool(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", self.model_name)), "model_name", self.model_name,
                  "a name of letters, digits, '_', '.', '-'")
@@ -192,7 +195,7 @@ def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path 
 
 
 # Settings that change where or how a run is recorded, not what it computes.
-_NOT_IN_HASH = {"resume", "system_metrics", "log_model", "register", "model_name", "experiment"}
+_NOT_IN_HASH = {"resume", "checkpoint_every_s", "system_metrics", "log_model", "register", "model_name", "experiment"}
 
 
 def config_hash(config: Any) -> str:

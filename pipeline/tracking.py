@@ -280,6 +280,11 @@ def latest_runs(experiment: str, task: str) -> list[str]:
     return list(newest.values())
 
 
+def last_step(run_id: str, key: str) -> int:
+    """The highest step at which run `run_id` has logged metric `key`; 0 when it has none."""
+    return max((m.step for m in MlflowClient().get_metric_history(run_id, key)), default=0)
+
+
 def run_exists(run_id: str) -> bool:
     """Whether the store has a run with this id."""
     try:

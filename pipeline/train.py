@@ -17,18 +17,35 @@ from pipeline.errors import DivergedError
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: CUDA GPUs, and CPUs with AVX-512 BF16 or AMX (through oneDNN).
+    Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return True
+    try:
+        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 @dataclass(frozen=True)
 class Precision:
-    """How batches meet the model on a device: bf16 autocast and channels_last apply on CUDA only."""
+    """How batches meet the model on a device: bf16 autocast where the device runs bf16 natively (training
+    steps only), channels_last on CUDA only."""
 
     device: torch.device
     bf16: bool = False
     channels_last: bool = False
 
+    @property
+    def autocast_bf16(self) -> bool:
+        """Whether training steps run under bf16 autocast here."""
+        return self.bf16 and native_bf16(self.device)
+
     def autocast(self):
-        """The autocast context for forward passes (a no-op unless bf16 on CUDA)."""
-        if self.bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """The autocast context for training forward passes (a no-op unless bf16 runs natively here)."""
+        if self.autocast_bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -112,7 +129,10 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Batches, precision: Precision, num_classes: int = 10,
              total: int = 0, show_progress: bool | None = None) -> tuple[dict[str, float], torch.Tensor]:
-    """Loss and accuracy over `batches` in eval mode, and the confusion matrix [true, predicted] (CPU)."""
+    """Loss and accuracy over `batches` in eval mode, and the confusion matrix [true, predicted] (CPU).
+
+    In fp32 even where training uses bf16 autocast: these are the figures of the fp32 model that gets logged,
+    the one `predict` and `mlflow.pytorch.load_model` run."""
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     loss_sum = torch.zeros((), device=precision.device)
@@ -121,8 +141,7 @@ def evaluate(model: nn.Module, batches: Batches, precision: Precision, num_class
     began = time.perf_counter()
     for images, labels in _progress(batches, total, "eval", show_progress):
         images, labels = precision.prepare(images), labels.to(precision.device, non_blocking=True)
-        with precision.autocast():
-            logits = model(images).float()
+        logits = model(images).float()
         loss_sum += loss_fn(logits, labels)
         confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes ** 2)
     _sync(precision.device)

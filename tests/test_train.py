@@ -10,7 +10,7 @@ from pipeline.data import CifarLoader
 from pipeline.errors import DivergedError
 from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer, build_scheduler
-from pipeline.train import FitState, Precision, evaluate, fit, train_one_epoch
+from pipeline.train import FitState, Precision, evaluate, fit, native_bf16, train_one_epoch
 
 CPU = Precision(torch.device("cpu"))
 
@@ -132,3 +132,17 @@ def test_no_eval_calls_anywhere_in_the_package():
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 assert node.func.id not in ("eval", "exec"), f"{source.name}:{node.lineno} calls {node.func.id}"
+
+
+def test_bf16_autocasts_training_where_native_and_evaluation_stays_fp32():
+    bf16 = Precision(torch.device("cpu"), bf16=True)
+    assert bf16.autocast_bf16 == native_bf16(torch.device("cpu")) and not CPU.autocast_bf16
+    layer = torch.nn.Linear(4, 4)
+    with bf16.autocast():
+        out = layer(torch.ones(2, 4))
+    assert out.dtype == (torch.bfloat16 if bf16.autocast_bf16 else torch.float32)
+    # Validation metrics describe the fp32 model that is logged and that predict runs: the same either way.
+    model, (train, val) = _model(), _loaders()
+    train_one_epoch(model, train, build_optimizer("adam", model.parameters()), None, bf16)
+    (plain, plain_confusion), (mixed, mixed_confusion) = evaluate(model, val, CPU), evaluate(model, val, bf16)
+    assert plain["val_loss"] == mixed["val_loss"] and torch.equal(plain_confusion, mixed_confusion)
