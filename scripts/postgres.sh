@@ -15,7 +15,8 @@ die() { echo "error: $*" >&2; exit 2; }
 find_bin() {
     local postgres
     postgres=$(command -v postgres || ls -d /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V | tail -n 1)
-    [ -n "$postgres" ] || die "PostgreSQL is not installed (no postgres on PATH or in /usr/lib/postgresql/*/bin); on Debian/Ubuntu: apt-get install postgresql"
+    [ -n "$postgres" ] || die "PostgreSQL is not installed (no postgres on PATH or in" \
+        "/usr/lib/postgresql/*/bin); on Debian/Ubuntu: apt-get install postgresql"
     dirname "$(readlink -f "$postgres")"
 }
 
@@ -30,22 +31,25 @@ start() {
     bin=$(find_bin)
     mkdir -p "$dir"
     if [ "$(id -u)" = 0 ]; then
-        id postgres >/dev/null 2>&1 || die "running as root needs the 'postgres' user to run PostgreSQL (it refuses root)"
+        id postgres >/dev/null 2>&1 || die "as root, PostgreSQL runs as the 'postgres' user, and there is none"
         chown postgres: "$dir"
     fi
     chmod 700 "$dir"
-    as_owner test -x "$dir" || die "the postgres user cannot reach $dir (a parent folder is closed to it); pick another folder (PGDIR=...)"
+    as_owner test -x "$dir" \
+        || die "the postgres user cannot reach $dir (a parent folder is closed to it); pick another (PGDIR=...)"
     export PGPASSFILE="$dir/pgpass"
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         local password
         password=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
-        (umask 077 && printf '%s\n' "$password" >"$dir/password" && printf '127.0.0.1:*:*:mlflow:%s\n' "$password" >"$PGPASSFILE")
+        (umask 077 && printf '%s\n' "$password" >"$dir/password" \
+            && printf '127.0.0.1:*:*:mlflow:%s\n' "$password" >"$PGPASSFILE")
         [ "$(id -u)" != 0 ] || chown postgres: "$dir/password"
         as_owner "$bin/initdb" -D "$dir/data" -U mlflow --pwfile="$dir/password" --auth-host=scram-sha-256 \
             --auth-local=scram-sha-256 --no-locale -E UTF8 >"$dir/initdb.log" 2>&1 \
             || die "initdb failed; see $dir/initdb.log"
         rm -f "$dir/password"
-        printf "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n" | as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
+        printf "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n" \
+            | as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
     fi
     if as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
         port=$(sed -n 4p "$dir/data/postmaster.pid")  # already running: keep its port
@@ -56,7 +60,10 @@ start() {
     local db
     for db in "${databases[@]}"; do
         [[ $db =~ ^[a-z_][a-z0-9_]*$ ]] || die "database name $db: use lower-case letters, digits and _"
-        if [ -z "$("$bin/psql" -h 127.0.0.1 -p "$port" -U mlflow -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]; then
+        local found
+        found=$("$bin/psql" -h 127.0.0.1 -p "$port" -U mlflow -d postgres -tAc \
+            "SELECT 1 FROM pg_database WHERE datname = '$db'")
+        if [ -z "$found" ]; then
             "$bin/createdb" -h 127.0.0.1 -p "$port" -U mlflow "$db"
         fi
     done

@@ -4,8 +4,9 @@
 #   BACKEND=postgres          in a private PostgreSQL cluster in PGDIR on 127.0.0.1:PGPORT (scripts/postgres.sh),
 #                             started with the server and stopped with it
 #   AUTH=true                 MLflow's basic-auth app: every request needs a user and password; users live in
-#                             STORE_DIR/mlflow-auth.db. The first start creates the admin user (MLFLOW_AUTH_ADMIN_USERNAME,
-#                             default admin) with the password in MLFLOW_AUTH_ADMIN_PASSWORD, which it then needs.
+#                             STORE_DIR/mlflow-auth.db. The first start creates the admin user
+#                             (MLFLOW_AUTH_ADMIN_USERNAME, default admin) with the password in
+#                             MLFLOW_AUTH_ADMIN_PASSWORD, which it then needs.
 # Arguments go on to `mlflow server` (e.g. --workers 1). STORE_DIR defaults to the repository.
 set -euo pipefail
 
@@ -29,7 +30,8 @@ case "$AUTH" in
         auth_db="$STORE_DIR/mlflow-auth.db"
         password=${MLFLOW_AUTH_ADMIN_PASSWORD:-}
         if [ ! -f "$auth_db" ] && [ -z "$password" ]; then
-            die "AUTH=true: set MLFLOW_AUTH_ADMIN_PASSWORD (12 characters or more) for the admin user this first start creates"
+            die "AUTH=true: set MLFLOW_AUTH_ADMIN_PASSWORD (12 characters or more) for the admin user" \
+                "this first start creates"
         fi
         if [ -n "$password" ] && { [ ${#password} -lt 12 ] || [ "$password" = password1234 ]; }; then
             die "MLFLOW_AUTH_ADMIN_PASSWORD: use 12 characters or more, and not MLflow's old default password1234"
