@@ -9,6 +9,13 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
 STORE := sqlite:///$(CURDIR)/mlflow.db
+# make server BACKEND=postgres: a private PostgreSQL cluster in PGDIR on 127.0.0.1:PGPORT instead of SQLite.
+BACKEND ?= sqlite
+PGDIR ?= $(CURDIR)/pgdata
+PGPORT ?= 5433
+# make server auth=true (or AUTH=true): MLflow's basic-auth app; needs MLFLOW_AUTH_ADMIN_PASSWORD the first time.
+auth ?= false
+AUTH ?= $(auth)
 
 .PHONY: setup demo test bench server ui clean
 
@@ -31,11 +38,12 @@ test: setup
 bench: setup
 	$(PY) -m bench
 
-# A tracking server on this machine only (--host $(HOST)); point runs at it with
+# A tracking server on this machine only (--host $(HOST)), artifacts in ./mlartifacts; point runs at it with
 #   export MLFLOW_TRACKING_URI=http://$(HOST):$(PORT)
+# (and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD with auth=true). See scripts/server.sh.
 server: setup
-	$(VENV)/bin/mlflow server --host $(HOST) --port $(PORT) --backend-store-uri $(STORE) \
-		--artifacts-destination $(CURDIR)/mlartifacts
+	PYTHON=$(PY) HOST=$(HOST) PORT=$(PORT) BACKEND=$(BACKEND) AUTH=$(AUTH) STORE_DIR=$(CURDIR) PGDIR=$(PGDIR) \
+		PGPORT=$(PGPORT) scripts/server.sh
 
 # The UI over the embedded default store (the runs made without MLFLOW_TRACKING_URI).
 ui: setup

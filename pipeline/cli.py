@@ -90,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = parse_overrides(rest)
         config = build_compare(overrides) if command == "compare" else build_config(command, overrides)
         module, function = ENTRIES[command]
-        return getattr(importlib.import_module(module), function)(config)
+        runner = getattr(importlib.import_module(module), function)
+        from pipeline.tracking import check_server  # loaded by the entry module already
+        check_server()  # a server that is down or refuses our login: one line before any work or lookup
+        return runner(config)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -25,6 +25,9 @@ PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 # Strings that mean "not set" for optional params (e.g. `-P lr=` or `-P lr=default`).
 _UNSET = {"", "none", "null", "default"}
 _TRUE = {"true", "yes", "1", "on"}
+MAX_STEPS = 1_000_000  # toy steps: each logs 3 metric values
+MAX_SEED = 2**32 - 1  # the range every seeded generator here accepts (torch takes int64, seed + 1 included)
+MAX_CIFAR_LR = 1e30  # cifar weights are float32 (max 3.4e38): a larger lr or decay overflows inside torch
 _FALSE = {"false", "no", "0", "off"}
 
 
@@ -47,9 +50,9 @@ class ToyConfig:
         get_function(self.function)
         _check_hparams(self.lr, self.momentum, self.weight_decay)
         resolve_hparams(self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
+        _require(1 <= self.steps <= MAX_STEPS, "steps", self.steps, f"an integer in [1, {MAX_STEPS}]")
         _require(self.tolerance >= 0, "tolerance", self.tolerance, "a number >= 0")
-        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
         if self.start not in ("default", "random"):
             parse_point(self.start)
@@ -98,6 +101,9 @@ class CifarConfig:
         from pipeline.models import MODELS  # torchvision loads lazily: only cifar configs need it
 
         _check_hparams(self.lr, self.momentum, self.weight_decay)
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            _require(value is None or value <= MAX_CIFAR_LR, name, value, f"a number <= {MAX_CIFAR_LR:g}")
         resolve_hparams(self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         _require(self.scheduler in SCHEDULERS, "scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}")
         _require(self.model in MODELS, "model", self.model, f"one of {', '.join(MODELS)}")
@@ -106,8 +112,9 @@ class CifarConfig:
             raise UsageError(f"pretrained: model {self.model!r} has no pretrained weights; only {with_weights}")
         _require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
         _require(bool(self.data_dir.strip()), "data_dir", self.data_dir, "a folder")
-        for name in ("train_limit", "val_limit", "seed"):
-            _require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0 (0 = all / default)")
+        for name in ("train_limit", "val_limit"):
+            _require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0 (0 = all)")
+        _require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         _require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")
@@ -219,9 +226,10 @@ def parse_point(text: str) -> tuple[float, float]:
     try:
         x, y = (float(part) for part in parts)
     except ValueError:
-        raise UsageError(f"start: expected two numbers 'x,y' (or 'default', 'random'), got {text!r}") from None
+        raise UsageError(f"start: expected two numbers 'x,y' (or 'default', 'random'), got {_short(text)}") \
+            from None
     if not (math.isfinite(x) and math.isfinite(y)):
-        raise UsageError(f"start: both coordinates must be finite, got {text!r}")
+        raise UsageError(f"start: both coordinates must be finite, got {_short(text)}")
     return x, y
 
 
@@ -234,7 +242,13 @@ def _check_hparams(lr: float | None, momentum: float | None, weight_decay: float
 
 def _require(ok: bool, name: str, value: Any, expected: str) -> None:
     if not ok:
-        raise UsageError(f"{name}: expected {expected}, got {value!r}")
+        raise UsageError(f"{name}: expected {expected}, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    """repr(value), cut to 80 characters: error lines stay readable for a 400-digit number."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
@@ -249,10 +263,11 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             return raw
         if text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
-        raise UsageError(f"{name}: expected true or false, got {raw!r}")
+        raise UsageError(f"{name}: expected true or false, got {_short(raw)}")
     if kind is int:
-        if isinstance(raw, bool) or not text.lstrip("+-").isdigit():
-            raise UsageError(f"{name}: expected an integer, got {raw!r}")
+        # ASCII digits only: str.isdigit() also passes '²' and '+-5', which int() then rejects
+        if isinstance(raw, bool) or not re.fullmatch(r"[+-]?[0-9]{1,4000}", text):
+            raise UsageError(f"{name}: expected an integer, got {_short(raw)}")
         return int(text)
     if kind is float:
         try:
@@ -260,7 +275,7 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
         except ValueError:
             number = math.nan
         if not math.isfinite(number):
-            raise UsageError(f"{name}: expected a finite number, got {raw!r}")
+            raise UsageError(f"{name}: expected a finite number, got {_short(raw)}")
         return number
     return text
 

@@ -77,6 +77,8 @@ def contour_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
     minima = np.asarray(fn.minima)
     ax.scatter(minima[:, 0], minima[:, 1], marker="*", s=260, c="gold", edgecolors="black", zorder=5,
                label="global minimum")
+    # The grid's window, not autoscaling: a path that left for 1e308 would overflow the tick arithmetic.
+    ax.set(xlim=(xs.min(), xs.max()), ylim=(ys.min(), ys.max()))
     ax.set(xlabel="x", ylabel="y", title=title or f"{fn.title}: descent paths")
     ax.legend(loc="best", fontsize="small", framealpha=0.85)
     return fig
@@ -100,7 +102,8 @@ def surface_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
     # computed_zorder=False: draw in call order, so the paths stay on top of the surface.
     ax = fig.add_subplot(projection="3d", computed_zorder=False)
     xs, ys, zs = _grid(fn, paths)
-    ax.plot_surface(xs, ys, _height(fn, zs), cmap="viridis", alpha=0.55, linewidth=0, antialiased=True,
+    surface = _height(fn, zs)
+    ax.plot_surface(xs, ys, surface, cmap="viridis", alpha=0.55, linewidth=0, antialiased=True,
                     rcount=80, ccount=80)
     for (label, raw), color in zip(paths.items(), _colors(len(paths))):
         path = _finite(raw)
@@ -108,12 +111,20 @@ def surface_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
             continue
         with np.errstate(over="ignore", invalid="ignore"):
             heights = _height(fn, fn(path[:, 0], path[:, 1]))
-        ax.plot(path[:, 0], path[:, 1], heights, "-", color=color, lw=2.2, label=label, zorder=10)
-        ax.scatter(path[0, 0], path[0, 1], heights[0], marker="o", s=50, color=color, edgecolors="black")
-        ax.scatter(path[-1, 0], path[-1, 1], heights[-1], marker="X", s=80, color=color, edgecolors="black")
+        # 3-D axes draw past their box: blank (NaN) what lies outside the surface's window instead.
+        inside = ((xs.min() <= path[:, 0]) & (path[:, 0] <= xs.max()) & (ys.min() <= path[:, 1])
+                  & (path[:, 1] <= ys.max()))
+        px, py, pz = (np.where(inside, values, np.nan) for values in (path[:, 0], path[:, 1], heights))
+        ax.plot(px, py, pz, "-", color=color, lw=2.2, label=label, zorder=10)
+        ax.scatter(px[0], py[0], pz[0], marker="o", s=50, color=color, edgecolors="black")
+        ax.scatter(px[-1], py[-1], pz[-1], marker="X", s=80, color=color, edgecolors="black")
     minima = np.asarray(fn.minima)
     ax.scatter(minima[:, 0], minima[:, 1], _height(fn, np.full(len(minima), fn.f_min)), marker="*", s=200,
                c="gold", edgecolors="black", label="global minimum")
+    # The surface's box, not autoscaling: a path that left for 1e308 would overflow the tick arithmetic.
+    finite = surface[np.isfinite(surface)]
+    pad = 0.02 * (finite.max() - finite.min() or 1.0)
+    ax.set(xlim=(xs.min(), xs.max()), ylim=(ys.min(), ys.max()), zlim=(finite.min() - pad, finite.max() + pad))
     zlabel = "log10(1 + f − f_min)" if fn.log_scale else "f(x, y)"
     ax.set(xlabel="x", ylabel="y", zlabel=zlabel, title=title or f"{fn.title}: surface and paths")
     ax.view_init(elev=35, azim=-60)

@@ -17,6 +17,8 @@ import mlflow.data
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
+from mlflow.utils.rest_utils import http_request
 
 from pipeline.config import PROJECT_ROOT
 from pipeline.errors import UsageError
@@ -36,9 +38,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our downloads are a file or a model
 
 
-def check_server(uri: str, timeout_s: float = 5.0) -> None:
+def check_server(uri: str | None = None, timeout_s: float = 5.0) -> None:
     """For an http(s) tracking URI, fail fast with one line when the server does not answer (MLflow itself
-    retries for minutes)."""
+    retries for minutes), or refuses our login: before any run exists."""
+    uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -48,6 +51,40 @@ def check_server(uri: str, timeout_s: float = 5.0) -> None:
         reason = getattr(error, "reason", error)
         raise UsageError(f"tracking server {uri} does not answer ({reason}); start it (make server) or point "
                          "MLFLOW_TRACKING_URI elsewhere") from None
+    # /health is open even on a server with a login (mlflow server --app-name basic-auth): ask for something
+    # that needs one, with the credentials MLflow's client would send.
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+                                max_retries=0, timeout=timeout_s, params={"max_results": 1})
+    except (OSError, mlflow.exceptions.MlflowException):
+        return  # not a login problem: MLflow's own calls report (and the Outbox retries) the rest
+    if response.status_code in (401, 403):
+        raise UsageError(_refusal(uri, response.status_code, "read experiments"))
+
+
+def _refusal(uri: str, status: int, action: str) -> str:
+    """One line for a server that refused us (HTTP 401 or 403), naming the variables that hold the login."""
+    user = read_mlflow_creds().username
+    if status == 401 and not user:
+        return (f"tracking server {uri} requires a login (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD")
+    if status == 401:
+        return (f"tracking server {uri} refused the login of user {user!r} (HTTP 401); check "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    return (f"tracking server {uri} does not let user {user!r} {action} (HTTP 403); ask its admin for that "
+            "permission, or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to another user")
+
+
+@contextmanager
+def _refusals_as_usage_errors(action: str) -> Iterator[None]:
+    """A 401/403 from the server while doing `action` becomes one UsageError line (exit 2), not a traceback."""
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as error:
+        status = error.get_http_status_code()
+        if status not in (401, 403):
+            raise
+        raise UsageError(_refusal(tracking_uri(), status, action)) from None
 
 
 def _sqlite_dir(uri: str) -> Path | None:
@@ -111,9 +148,10 @@ def tracked_run(experiment: str, run_name: str, tags: Mapping[str, str] | None =
         check_server(tracking_uri())
         # Consumed here: mlflow.start_run would otherwise give `mlflow run`'s run to the first nested child too.
         run_id = run_id or os.environ.pop("MLFLOW_RUN_ID", None)
-    experiment_id = None if run_id else (parent.experiment_id if parent else experiment_id_for(experiment))
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name,
-                           tags=dict(tags or {}), log_system_metrics=system_metrics, nested=parent is not None)
+    with _refusals_as_usage_errors(f"start a run in experiment {experiment!r}"):  # e.g. someone else's
+        experiment_id = None if run_id else (parent.experiment_id if parent else experiment_id_for(experiment))
+        run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name,
+                               tags=dict(tags or {}), log_system_metrics=system_metrics, nested=parent is not None)
     if run_id and tags:  # start_run applies tags only to runs it creates, not to one it continues
         mlflow.set_tags(dict(tags))
     handle = RunHandle(run.info.run_id, run.info.experiment_id)

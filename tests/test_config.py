@@ -1,5 +1,6 @@
 """Config: params.yaml holds every default and validates; overrides are typed and checked up front."""
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -50,7 +51,12 @@ def test_config_is_frozen():
     ({"lr": "-1"}, "lr: expected a number > 0, got -1.0"),
     ({"lr": "nan"}, "lr: expected a finite number, got 'nan'"),
     ({"lr": "abc"}, "lr: expected a finite number, got 'abc'"),
-    ({"steps": "0"}, "steps: expected an integer >= 1, got 0"),
+    ({"steps": "0"}, "steps: expected an integer in [1, 1000000], got 0"),
+    ({"steps": "9" * 30}, "steps: expected an integer in [1, 1000000], got 9999"),
+    ({"steps": "+-5"}, "steps: expected an integer, got '+-5'"),
+    ({"steps": "²"}, "steps: expected an integer, got '²'"),
+    ({"steps": "9" * 5000}, "steps: expected an integer, got '9999"),
+    ({"seed": "4294967296"}, "seed: expected an integer in [0, 4294967295], got 4294967296"),
     ({"steps": "2.5"}, "steps: expected an integer, got '2.5'"),
     ({"start": "1"}, "start: expected two numbers 'x,y'"),
     ({"start": "1,inf"}, "start: both coordinates must be finite"),
@@ -64,6 +70,16 @@ def test_bad_values_name_the_param_and_the_valid_choices(overrides, message):
         build_config("toy", overrides)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"lr": "1e31"}, "lr: expected a number <= 1e+30, got 1e+31"),
+    ({"weight_decay": "1e300"}, "weight_decay: expected a number <= 1e+30, got 1e+300"),
+    ({"seed": "9" * 20}, "seed: expected an integer in [0, 4294967295], got 9999"),
+])
+def test_cifar_refuses_what_float32_weights_and_seeded_generators_cannot_take(overrides, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        build_config("cifar", overrides)
 
 
 def test_parse_point():
@@ -84,7 +100,8 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 from pipeline.cli import parse_overrides  # noqa: E402
 
 _TEXT = st.one_of(st.text(max_size=40), st.sampled_from(["__import__('os').system('id')", "$(rm -rf /)", "; ls",
-                                                           "1e309", "-0", "nan", "inf", "9" * 400, "0x10", "😀"]))
+                                                           "1e309", "-0", "nan", "inf", "9" * 400, "0x10", "😀",
+                                                           "²", "+-5", "9" * 5000]))
 
 
 @settings(max_examples=300, deadline=None)

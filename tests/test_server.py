@@ -1,52 +1,21 @@
 """Against a real `mlflow server` on 127.0.0.1: concurrent runs lose nothing; a dead server fails fast."""
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import pytest
 
 from conftest import REPO, SHARED_SUBSET, metric_history, new_experiment, run_cli, runs_of
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(folder, port: int) -> subprocess.Popen:
-    """`mlflow server` with a SQLite backend and a local artifact store on 127.0.0.1:port, once it answers."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination",
-         str(folder / "artifacts")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-            return process
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    pytest.fail("mlflow server did not start within 90 s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """Stop a server started by start_server (its whole process group: gunicorn/uvicorn workers too)."""
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
+from servers import free_port, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A tracking server for the module's tests, bound to 127.0.0.1 only."""
-    port = _free_port()
+    port = free_port()
     process = start_server(tmp_path_factory.mktemp("server"), port)
     yield f"http://127.0.0.1:{port}"
     stop_server(process)
@@ -74,7 +43,7 @@ def test_four_concurrent_runs_lose_no_metric(server, monkeypatch):
 
 def test_an_unreachable_server_is_one_line_within_seconds():
     began = time.monotonic()
-    done = run_cli("toy", "--steps", "3", env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"})
+    done = run_cli("toy", "--steps", "3", env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
     assert time.monotonic() - began < 30  # a hang guard; it takes a few seconds
     assert done.returncode == 2 and "does not answer" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -82,7 +51,7 @@ def test_an_unreachable_server_is_one_line_within_seconds():
 
 @pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason="needs the real CIFAR-10 subset")
 def test_a_server_outage_mid_run_loses_no_epoch(tmp_path):
-    port, folder = _free_port(), tmp_path / "outage"
+    port, folder = free_port(), tmp_path / "outage"
     folder.mkdir()
     url, experiment = f"http://127.0.0.1:{port}", new_experiment()
     process = start_server(folder, port)

@@ -1,0 +1,88 @@
+"""`make server BACKEND=postgres`: a real mlflow server on a private PostgreSQL cluster, fed by the real entry
+points; the rows are checked in PostgreSQL itself. Skipped without PostgreSQL, except in CI
+(OPTLAB_REQUIRE_POSTGRES=1), where it must run."""
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import SHARED_SUBSET, artifact_files, metric_history, new_experiment, run_cli, runs_of
+from servers import free_port, postgres_or_skip, start_server, stop_server
+
+CIFAR_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "eval_time", "throughput", "lr",
+                 "best_val_acc")
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """(tracking URI, PostgreSQL cluster folder): the server and its cluster live for the module."""
+    postgres_or_skip()
+    # Not pytest's tmp_path: its parent folders are closed to the `postgres` user the cluster runs as.
+    folder = Path(tempfile.mkdtemp(prefix="optlab-pg-"))
+    folder.chmod(0o711)
+    port = free_port()
+    process = start_server(folder, port, backend="postgres")
+    yield f"http://127.0.0.1:{port}", folder / "pgdata"
+    stop_server(process)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _rows(pgdata: Path, sql: str, *args) -> list[tuple]:
+    """Query the cluster's `mlflow` database directly, as the server's own user."""
+    import psycopg2
+
+    port = (pgdata / "data" / "postmaster.pid").read_text().splitlines()[3]
+    with psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", dbname="mlflow",
+                          passfile=str(pgdata / "pgpass")) as connection, connection.cursor() as cursor:
+        cursor.execute(sql, args)
+        return cursor.fetchall()
+
+
+def test_a_toy_run_is_stored_in_postgres(postgres_server):
+    url, pgdata = postgres_server
+    experiment = new_experiment()
+    done = run_cli("toy", "--optimizer", "momentum", "--function", "booth", "--lr", "0.01", "--steps", "300",
+                   "--tolerance", "0", "--experiment", experiment, env={"MLFLOW_TRACKING_URI": url})
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient(url)
+    (run,) = runs_of(client, experiment)
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED" and run.data.params["optimizer"] == "momentum"
+    for key in ("loss", "grad_norm", "distance_to_min"):
+        steps, values = metric_history(client, run_id, key)
+        assert steps == list(range(301)) and np.isfinite(values).all(), key
+    assert artifact_files(client, run_id) == {"trajectory.csv", "config.json", "plots/contour.png",
+                                              "plots/surface.png", "plots/loss.png"}
+    counts = dict(_rows(pgdata, "SELECT key, count(*) FROM metrics WHERE run_uuid = %s GROUP BY key", run_id))
+    assert counts == {"loss": 301, "grad_norm": 301, "distance_to_min": 301}
+    assert _rows(pgdata, "SELECT status FROM runs WHERE run_uuid = %s", run_id) == [("FINISHED",)]
+    assert _rows(pgdata, "SELECT count(*) FROM experiments WHERE name = %s", experiment) == [(1,)]
+
+
+@pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
+def test_a_tiny_cifar_run_and_its_model_are_stored_in_postgres(postgres_server):
+    url, pgdata = postgres_server
+    experiment = new_experiment()
+    done = run_cli("cifar", "--model", "tiny_cnn", "--epochs", "2", "--train_limit", "256", "--val_limit", "128",
+                   "--data_dir", str(SHARED_SUBSET), "--system_metrics", "false", "--experiment", experiment,
+                   env={"MLFLOW_TRACKING_URI": url})
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient(url)
+    (run,) = runs_of(client, experiment)
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+    for key in CIFAR_METRICS:
+        steps, values = metric_history(client, run_id, key)
+        assert steps == [1, 2] and np.isfinite(values).all(), key
+    assert artifact_files(client, run_id) >= {"config.json", "plots/curves.png", "plots/confusion_matrix.png",
+                                              "confusion_matrix.csv", "per_class_accuracy.csv",
+                                              "checkpoints/last.pt"}
+    counts = dict(_rows(pgdata, "SELECT key, count(*) FROM metrics WHERE run_uuid = %s GROUP BY key", run_id))
+    assert {key: counts.get(key) for key in CIFAR_METRICS} == dict.fromkeys(CIFAR_METRICS, 2)
+    models = _rows(pgdata, "SELECT model_id FROM logged_models WHERE source_run_id = %s", run_id)
+    assert len(models) == 1 and run.data.tags["model_uri"] == f"models:/{models[0][0]}"
+    inputs = _rows(pgdata, "SELECT count(*) FROM inputs WHERE destination_id = %s", run_id)
+    assert inputs == [(2,)]  # the train and test datasets (mlflow.log_input)
