@@ -68,7 +68,7 @@ def test_a_tiny_cifar_run_and_its_model_are_stored_in_postgres(postgres_server):
     experiment = new_experiment()
     done = run_cli("cifar", "--model", "tiny_cnn", "--epochs", "2", "--train_limit", "256", "--val_limit", "128",
                    "--data_dir", str(SHARED_SUBSET), "--system_metrics", "false", "--experiment", experiment,
-                   env={"MLFLOW_TRACKING_URI": url})
+                   "--checkpoint_every_s", "0", env={"MLFLOW_TRACKING_URI": url})  # 0: a checkpoint to upload too
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient(url)
     (run,) = runs_of(client, experiment)
