@@ -8,6 +8,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,9 +27,9 @@ TARGET = 0.01  # logging may add at most 1% to the training time
 EXPERIMENT = "optlab-bench"
 
 
-def tiny_config(device: torch.device, epochs: int) -> CifarConfig:
-    """A cifar config from params.yaml with the tiny model; system metrics on, as our runs' default."""
-    return build_config("cifar", {"model": "tiny_cnn", "epochs": str(epochs), "device": device.type,
+def bench_config(device: torch.device, epochs: int, model: str = "tiny_cnn") -> CifarConfig:
+    """A cifar config from params.yaml (system metrics on, checkpoints every 60 s, as our runs' defaults)."""
+    return build_config("cifar", {"model": model, "epochs": str(epochs), "device": device.type,
                                   "log_model": "false", "experiment": EXPERIMENT})
 
 
@@ -86,13 +87,33 @@ def run_start_seconds(cfg: CifarConfig) -> float:
     return time.perf_counter() - began
 
 
+@dataclass(frozen=True)
+class Case:
+    """One overhead row: a model, how many images and epochs a fit trains, how many pairs are timed."""
+
+    model: str
+    train: int
+    val: int
+    epochs: int
+    pairs: int
+    target: bool  # judged against TARGET; otherwise reported only
+
+
+def cases(quick: bool) -> tuple[Case, ...]:
+    """The judged case: tiny_cnn, epochs of about 1 s, where logging's fixed cost per epoch is the largest share
+    of training (if it is within 1% there, it is within 1% of any longer epoch); and a typical run, reported:
+    our default model, resnet18, on 1,024 images (epochs of about 12 s on 2 CPU cores)."""
+    if quick:
+        return (Case("tiny_cnn", 1024, 256, 2, 1, target=True),)
+    return (Case("tiny_cnn", 4660, 932, 3, 4, target=True), Case("resnet18", 1024, 256, 2, 3, target=False))
+
+
 def overhead_rows(device: torch.device, quick: bool) -> list[Row]:
-    """Median overhead of logging over `pairs` alternating fits of tiny_cnn, against a live local server."""
-    epochs, pairs = (2, 1) if quick else (3, 3)
-    arrays = limit(load_arrays(), 1024 if quick else 4660, 256 if quick else 932)
-    cfg = tiny_config(device, epochs)
+    """Median overhead of logging over alternating fits, against one live local server, for each case."""
+    data = load_arrays()
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines on system metrics would bury progress
+    rows = []
     with tempfile.TemporaryDirectory(prefix="optlab-bench-") as folder:
         scratch = Path(folder) / "scratch"
         scratch.mkdir()
@@ -100,30 +121,38 @@ def overhead_rows(device: torch.device, quick: bool) -> list[Row]:
         try:
             with mlflow_server(Path(folder)) as url:
                 os.environ["MLFLOW_TRACKING_URI"] = url  # read by pipeline.tracking when a run starts
-                warm = tiny_config(device, 1)  # first figure, first HTTP connection, first run: untimed
-                timed_fit(warm, arrays, device, True, scratch)
-                timed_fit(warm, arrays, device, False, scratch)
-                start_s = run_start_seconds(cfg)
-                off, on = measure_pairs(cfg, arrays, device, pairs, scratch)
+                start_s = None
+                for case in cases(quick):
+                    arrays = limit(data, case.train, case.val)
+                    warm = bench_config(device, 1, case.model)  # first figure, connection, run: untimed
+                    timed_fit(warm, arrays, device, True, scratch)
+                    timed_fit(warm, arrays, device, False, scratch)
+                    start_s = start_s or run_start_seconds(warm)
+                    off, on = measure_pairs(bench_config(device, case.epochs, case.model), arrays, device,
+                                            case.pairs, scratch)
+                    rows.append(_row(case, off, on, start_s, len(arrays.train_y)))
         finally:
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = previous
-    return [_row(off, on, start_s, epochs, len(arrays.train_y))]
+    return rows
 
 
-def _row(off: list[float], on: list[float], start_s: float, epochs: int, images: int) -> Row:
-    """The table row: median logged and unlogged times, the median of the per-pair ratios, and notes."""
-    ratio = statistics.median(b / a for a, b in zip(off, on))
-    per_epoch_ms = 1000 * (statistics.median(on) - statistics.median(off)) / epochs
-    notes = (f"tiny_cnn, {images} train images, batch 32, {epochs} epochs (train + eval), local `mlflow server` "
-             f"(SQLite, proxied artifacts); per epoch, as pipeline.cifar.RunLog does it: metrics and "
-             f"checkpoint, sent by its background outbox; median of {len(on)} alternating pairs",
+def _row(case: Case, off: list[float], on: list[float], start_s: float, images: int) -> Row:
+    """The table row: the best logged and unlogged times and their ratio (as the other rows: background load
+    only slows a fit down, so the best of each is the least disturbed), the median of per-pair ratios in a note."""
+    ratio = min(on) / min(off)
+    median = statistics.median(b / a for a, b in zip(off, on))
+    per_epoch_ms = 1000 * (min(on) - min(off)) / case.epochs
+    notes = (f"{case.model}, {images} train images, batch 32, {case.epochs} epochs (train + eval), local `mlflow "
+             f"server` (SQLite, proxied artifacts); per epoch, as pipeline.cifar.RunLog does it with params.yaml's "
+             f"defaults: metrics sent by its background outbox, system metrics every 10 s, a checkpoint once 60 s "
+             f"have passed; best of {len(on)} alternating pairs (median of the pairs' ratios: {median:.3f}x)",
              f"overhead {100 * (ratio - 1):+.1f}% = {per_epoch_ms:.0f} ms per epoch against "
-             f"{1000 * statistics.median(off) / epochs:.0f} ms of training per epoch; starting and ending a run: "
-             f"{1000 * start_s:.0f} ms once (not counted); +1% holds once an epoch lasts over "
-             f"{per_epoch_ms / 10:.0f} s")
-    return Row("mlflow logging overhead", f"{statistics.median(on):.2f} s logged",
-               f"{statistics.median(off):.2f} s unlogged", times(ratio), f"<= {1 + TARGET:.2f}x (+{TARGET:.0%})",
-               met(ratio - 1 <= TARGET), notes)
+             f"{1000 * min(off) / case.epochs:.0f} ms of training per epoch; starting and ending a "
+             f"run: {1000 * start_s:.0f} ms once (not counted); at this cost per epoch, +1% holds for epochs "
+             f"over {max(per_epoch_ms, 0) / 10:.1f} s")
+    target = f"<= {1 + TARGET:.2f}x (+{TARGET:.0%})" if case.target else "report (typical run)"
+    return Row(f"mlflow overhead {case.model}", f"{min(on):.2f} s logged", f"{min(off):.2f} s unlogged",
+               times(ratio), target, met(ratio - 1 <= TARGET) if case.target else "-", notes)

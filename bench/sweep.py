@@ -35,7 +35,6 @@ def build_members(model: str, names: tuple[str, ...], device: torch.device, prec
 def seconds_per_batch(model: str, x: np.ndarray, y: np.ndarray, device: torch.device, lockstep: bool,
                       warmup: int, timed: int, names: tuple[str, ...] = OPTIMIZERS) -> float:
     """Seconds for every optimizer to take one step on one batch: all on each batch, or one optimizer at a time."""
-    cuda = device.type == "cuda"
     precision = Precision(device, bf16=True, channels_last=True)  # params.yaml defaults
     warm = CifarLoader(x[:warmup * BATCH], y[:warmup * BATCH], BATCH, train=True, device=device)
     batches = CifarLoader(x[:timed * BATCH], y[:timed * BATCH], BATCH, train=True, seed=1, device=device,

@@ -55,9 +55,10 @@ class Outbox:
     def flush(self, timeout_s: float = 600.0) -> bool:
         """Wait until every queued call is delivered or `timeout_s` passes; True when all were delivered."""
         deadline = time.monotonic() + timeout_s
-        while self._calls.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return not self._calls.unfinished_tasks
+        with self._calls.all_tasks_done:  # woken the moment the last call is delivered (no polling delay)
+            while self._calls.unfinished_tasks and (left := deadline - time.monotonic()) > 0:
+                self._calls.all_tasks_done.wait(left)
+            return not self._calls.unfinished_tasks
 
     def close(self, timeout_s: float = 600.0) -> bool:
         """Deliver what is queued (up to `timeout_s`), then stop the worker; True when nothing was lost."""
