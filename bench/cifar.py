@@ -93,9 +93,9 @@ def _note(batch: int, plan: Plan, base_plan: Plan, device: torch.device, gflops:
     ours_precision = "bf16 autocast" if Precision(device, bf16=True).autocast_bf16 else "fp32"
     return (f"ours: CifarLoader (uint8 on {device.type}) + train_one_epoch in {ours_precision}, batch {batch}, "
             f"{plan.timed * batch} images timed after {plan.warmup} warm-up batch(es); notebook: fp32, batch "
-            f"{NOTEBOOK_BATCH}, {base_plan.timed * NOTEBOOK_BATCH} images after {base_plan.warmup}; best of {plan.rounds} alternating "
-            f"rounds; {gflops:.3g} GFLOP/image fwd+bwd, so ours runs {gflops * ours:.0f} GFLOP/s, the notebook "
-            f"{gflops * base:.0f} GFLOP/s")
+            f"{NOTEBOOK_BATCH}, {base_plan.timed * NOTEBOOK_BATCH} images after {base_plan.warmup}; best of "
+            f"{plan.rounds} alternating rounds; {gflops:.3g} GFLOP/image fwd+bwd, so ours runs "
+            f"{gflops * ours:.0f} GFLOP/s, the notebook {gflops * base:.0f} GFLOP/s")
 
 
 def model_rows(name: str, arrays: CifarArrays, device: torch.device, quick: bool) -> list[Row]:

@@ -58,7 +58,7 @@ def timed_fit(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, logge
             run_log = RunLog(cfg, run.run_id, trainer, scratch)
             began = time.perf_counter()
             fit(*args, run_log.on_epoch, show_progress=False)
-            delivered = run_log.outbox.close()
+            delivered = run_log.close()
             seconds = time.perf_counter() - began
     if not delivered:
         raise RuntimeError("the benchmark run's epoch logs were not all delivered to the server")

@@ -52,8 +52,9 @@ def toy_row(points: int, steps: int, baseline_points: int, rounds: int, device: 
     }, rounds)
     gap = _agreement(_ours(starts[:CHECKED], steps), _baseline(few[:CHECKED], steps))
     notes = (f"{FUNCTION}, {OPTIMIZER} lr={LR}, {steps} steps, tolerance 0, float64; ours: {points} starts in one "
-             f"tensor on {device.type} (pipeline.descent.run_descent, compiled=True; its one-off compile took {compile_s:.1f} s, not timed), notebook: {baseline_points} starts one by "
-             f"one; best of {rounds} alternating rounds",
+             f"tensor on {device.type} (pipeline.descent.run_descent, compiled=True; its one-off compile took "
+             f"{compile_s:.1f} s, not timed), notebook: {baseline_points} starts one by one; best of {rounds} "
+             f"alternating rounds",
              f"same paths: final positions of {CHECKED} shared starts differ by at most {gap:.1e}")
     ratio = best["ours"] / best["notebook"]
     return Row(f"toy {points} starts", rate(best["ours"], "point-steps/s"), rate(best["notebook"], "point-steps/s"),

@@ -193,19 +193,28 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
 def log_metric_series(run_id: str, series: Mapping[str, Sequence[float]], steps: Sequence[int]) -> int:
     """Log whole metric histories (value i at steps[i]) in as few calls as MLflow allows; returns the calls."""
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(value), now, int(step))
-               for key, values in series.items() for value, step in zip(values, steps)]
-    client = MlflowClient()
-    calls = 0
-    for begin in range(0, len(metrics), _BATCH):
-        client.log_batch(run_id, metrics=metrics[begin: begin + _BATCH])
-        calls += 1
-    return calls
+    return _log_batches(run_id, [Metric(key, float(value), now, int(step))
+                                 for key, values in series.items() for value, step in zip(values, steps)])
+
+
+def log_steps(run_id: str, steps: Sequence[tuple[int, int, Mapping[str, float]]]) -> None:
+    """Several steps' metrics, each (step, timestamp in ms, {key: value}), in as few calls as MLflow allows;
+    synchronous, raises on failure (the Outbox retries it)."""
+    _log_batches(run_id, [Metric(key, float(value), stamp, int(step))
+                          for step, stamp, values in steps for key, value in values.items()])
 
 
 def log_metrics_now(run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """One step's metrics in one synchronous call that raises on failure (the Outbox retries it)."""
-    log_metric_series(run_id, {key: [value] for key, value in metrics.items()}, [step])
+    """One step's metrics in one synchronous call that raises on failure."""
+    log_steps(run_id, [(step, int(time.time() * 1000), metrics)])
+
+
+def _log_batches(run_id: str, metrics: list[Metric]) -> int:
+    """log_batch calls of at most _BATCH metrics each; returns how many were made."""
+    client = MlflowClient()
+    for begin in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[begin: begin + _BATCH])
+    return -(-len(metrics) // _BATCH)
 
 
 def log_dataset(run_id: str, name: str, features: Any, targets: Any, source: str, digest: str,
