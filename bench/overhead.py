@@ -105,7 +105,7 @@ def cases(quick: bool) -> tuple[Case, ...]:
     our default model, resnet18, on 1,024 images (epochs of about 12 s on 2 CPU cores)."""
     if quick:
         return (Case("tiny_cnn", 1024, 256, 2, 1, target=True),)
-    return (Case("tiny_cnn", 4660, 932, 3, 4, target=True), Case("resnet18", 1024, 256, 2, 3, target=False))
+    return (Case("tiny_cnn", 4660, 932, 3, 8, target=True), Case("resnet18", 1024, 256, 2, 3, target=False))
 
 
 def overhead_rows(device: torch.device, quick: bool) -> list[Row]:
