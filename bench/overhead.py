@@ -39,8 +39,12 @@ def limit(arrays: CifarArrays, train: int, val: int) -> CifarArrays:
                        arrays.source, arrays.official)
 
 
-def timed_fit(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, logged: bool, scratch: Path) -> float:
-    """Seconds of fit() (train + eval every epoch); logged: inside a run, with cifar's per-epoch RunLog.
+OFF, IN_RUN, ON = "unlogged", "in a run", "logged"
+
+
+def timed_fit(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, mode: str, scratch: Path) -> float:
+    """Seconds of fit() (train + eval every epoch). OFF: no run; IN_RUN: inside a run (with its system-metrics
+    sampler) but nothing logged per epoch, a control; ON: inside a run with cifar's per-epoch RunLog.
 
     The logged time also covers delivering everything queued (RunLog's outbox, closed before the run can
     end); starting the run is left out (a once-per-run cost, reported separately).
@@ -48,33 +52,32 @@ def timed_fit(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, logge
     trainer = build_trainer(cfg, build_loaders(cfg, arrays, device), device)
     args = (trainer.model, trainer.optimizer, trainer.scheduler, trainer.train_batches, trainer.val_batches,
             cfg.epochs, trainer.precision, cfg.target_acc)
-    if not logged:
+    if mode == OFF:
         began = time.perf_counter()
         fit(*args, lambda *_: None, show_progress=False)
         return time.perf_counter() - began
     with contextlib.redirect_stdout(io.StringIO()):  # cifar's epoch lines and MLflow's "View run" links
         with tracking.tracked_run(cfg.experiment, "bench-overhead", {"task": "bench"},
                                   system_metrics=cfg.system_metrics) as run:
-            run_log = RunLog(cfg, run.run_id, trainer, scratch)
+            run_log = RunLog(cfg, run.run_id, trainer, scratch) if mode == ON else None
             began = time.perf_counter()
-            fit(*args, run_log.on_epoch, show_progress=False)
-            delivered = run_log.close()
+            fit(*args, run_log.on_epoch if run_log else lambda *_: None, show_progress=False)
+            delivered = run_log.close() if run_log else True
             seconds = time.perf_counter() - began
     if not delivered:
         raise RuntimeError("the benchmark run's epoch logs were not all delivered to the server")
     return seconds
 
 
-def measure_pairs(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, pairs: int,
-                  scratch: Path) -> tuple[list[float], list[float]]:
-    """Alternate unlogged and logged fits (order flipped every pair, so drift cancels); returns both lists."""
-    off, on = [], []
-    for pair in range(pairs):
-        order = (False, True) if pair % 2 == 0 else (True, False)
-        for logged in order:
-            (on if logged else off).append(timed_fit(cfg, arrays, device, logged, scratch))
-        log(f"mlflow: pair {pair + 1}/{pairs}: off {off[-1]:.2f} s, on {on[-1]:.2f} s")
-    return off, on
+def measure_rounds(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, rounds: int, modes: tuple[str, ...],
+                   scratch: Path) -> dict[str, list[float]]:
+    """Rounds of one fit per mode, the order reversed every other round so that drift cancels; seconds by mode."""
+    seconds: dict[str, list[float]] = {mode: [] for mode in modes}
+    for index in range(rounds):
+        for mode in modes if index % 2 == 0 else modes[::-1]:
+            seconds[mode].append(timed_fit(cfg, arrays, device, mode, scratch))
+        log(f"mlflow: round {index + 1}/{rounds}: " + ", ".join(f"{m} {s[-1]:.2f} s" for m, s in seconds.items()))
+    return seconds
 
 
 def run_start_seconds(cfg: CifarConfig) -> float:
@@ -89,14 +92,14 @@ def run_start_seconds(cfg: CifarConfig) -> float:
 
 @dataclass(frozen=True)
 class Case:
-    """One overhead row: a model, how many images and epochs a fit trains, how many pairs are timed."""
+    """One overhead row: a model, how many images and epochs a fit trains, how many rounds are timed."""
 
     model: str
     train: int
     val: int
     epochs: int
-    pairs: int
-    target: bool  # judged against TARGET; otherwise reported only
+    rounds: int
+    target: bool  # judged against TARGET (and timed with the IN_RUN control too); otherwise reported only
 
 
 def cases(quick: bool) -> tuple[Case, ...]:
@@ -125,12 +128,13 @@ def overhead_rows(device: torch.device, quick: bool) -> list[Row]:
                 for case in cases(quick):
                     arrays = limit(data, case.train, case.val)
                     warm = bench_config(device, 1, case.model)  # first figure, connection, run: untimed
-                    timed_fit(warm, arrays, device, True, scratch)
-                    timed_fit(warm, arrays, device, False, scratch)
+                    modes = (OFF, IN_RUN, ON) if case.target else (OFF, ON)
+                    for mode in modes:
+                        timed_fit(warm, arrays, device, mode, scratch)
                     start_s = start_s or run_start_seconds(warm)
-                    off, on = measure_pairs(bench_config(device, case.epochs, case.model), arrays, device,
-                                            case.pairs, scratch)
-                    rows.append(_row(case, off, on, start_s, len(arrays.train_y)))
+                    seconds = measure_rounds(bench_config(device, case.epochs, case.model), arrays, device,
+                                             case.rounds, modes, scratch)
+                    rows.append(_row(case, seconds, start_s, len(arrays.train_y)))
         finally:
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -146,19 +150,29 @@ def _reach(per_epoch_ms: float) -> str:
     return f"at this cost per epoch, +1% holds for epochs over {per_epoch_ms / 10:.1f} s"
 
 
-def _row(case: Case, off: list[float], on: list[float], start_s: float, images: int) -> Row:
+def _control(seconds: dict[str, list[float]]) -> tuple[str, ...]:
+    """A note on the IN_RUN control, where it was timed: how much of the overhead the per-epoch logging is."""
+    if IN_RUN not in seconds:
+        return ()
+    base, control, on = (min(seconds[mode]) for mode in (OFF, IN_RUN, ON))
+    return (f"control, inside a run but nothing logged per epoch: best {control:.2f} s ({control / base:.3f}x "
+            f"unlogged); so the per-epoch logging itself (logged against this control) is {on / control:.3f}x",)
+
+
+def _row(case: Case, seconds: dict[str, list[float]], start_s: float, images: int) -> Row:
     """The table row: the best logged and unlogged times and their ratio (as the other rows: background load
     only slows a fit down, so the best of each is the least disturbed), the median of per-pair ratios in a note."""
+    off, on = seconds[OFF], seconds[ON]
     ratio = min(on) / min(off)
     median = statistics.median(b / a for a, b in zip(off, on))
     per_epoch_ms = 1000 * (min(on) - min(off)) / case.epochs
     notes = (f"{case.model}, {images} train images, batch 32, {case.epochs} epochs (train + eval), local `mlflow "
              f"server` (SQLite, proxied artifacts); per epoch, as pipeline.cifar.RunLog does it with params.yaml's "
              f"defaults: metrics sent by its background outbox, system metrics every 10 s, a checkpoint once 60 s "
-             f"have passed; best of {len(on)} alternating pairs (median of the pairs' ratios: {median:.3f}x)",
+             f"have passed; best of {len(on)} rounds, alternating (median of the rounds' ratios: {median:.3f}x)",
              f"overhead {100 * (ratio - 1):+.1f}% = {per_epoch_ms:.0f} ms per epoch against "
              f"{1000 * min(off) / case.epochs:.0f} ms of training per epoch; starting and ending a "
-             f"run: {1000 * start_s:.0f} ms once (not counted); " + _reach(per_epoch_ms))
+             f"run: {1000 * start_s:.0f} ms once (not counted); " + _reach(per_epoch_ms)) + _control(seconds)
     target = f"<= {1 + TARGET:.2f}x (+{TARGET:.0%})" if case.target else "report (typical run)"
     return Row(f"mlflow overhead {case.model}", f"{min(on):.2f} s logged", f"{min(off):.2f} s unlogged",
                times(ratio), target, met(ratio - 1 <= TARGET) if case.target else "-", notes)
