@@ -161,7 +161,7 @@ def _control(seconds: dict[str, list[float]]) -> tuple[str, ...]:
 
 def _row(case: Case, seconds: dict[str, list[float]], start_s: float, images: int) -> Row:
     """The table row: the best logged and unlogged times and their ratio (as the other rows: background load
-    only slows a fit down, so the best of each is the least disturbed), the median of per-pair ratios in a note."""
+    only slows a fit down, so the best of each is the least disturbed), the median of per-round ratios in a note."""
     off, on = seconds[OFF], seconds[ON]
     ratio = min(on) / min(off)
     median = statistics.median(b / a for a, b in zip(off, on))

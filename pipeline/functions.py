@@ -37,10 +37,6 @@ class Function2D:
         """f(x, y), element-wise over arrays or tensors of any shape."""
         return self.formula(x, y, _lib(x))
 
-    def on_points(self, xy: torch.Tensor) -> torch.Tensor:
-        """f at each row of an (N, 2) tensor -> (N,)."""
-        return self(xy[..., 0], xy[..., 1])
-
     def distance_to_min(self, xy: Array) -> Array:
         """Euclidean distance from each (..., 2) point to the nearest global minimum."""
         lib = _lib(xy)

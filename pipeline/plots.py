@@ -208,8 +208,8 @@ def paths_frames(fn: Function2D, paths: Paths, frames: int = 60) -> list:
     """Frames (PIL images) of every path growing over the contour plot, for a GIF.
 
     The figure is laid out and drawn once without the paths; each frame then restores that background and draws
-    only the paths, the markers over them and the title (blitting): about four times faster than redrawing the
-    whole figure per frame, and no frame shifts as the paths grow.
+    only the paths, the markers over them and the title (blitting): 60 frames of 12 paths took 1.2 s against
+    14.8 s redrawing the whole figure per frame (docs/performance.md), and no frame shifts as the paths grow.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
