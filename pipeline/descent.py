@@ -20,8 +20,9 @@ class Trajectory:
     losses: np.ndarray  # (T, N)
     grad_norms: np.ndarray  # (T, N): |grad f| at each position
     distances: np.ndarray  # (T, N): distance to the nearest global minimum
-    converged_step: np.ndarray  # (N,): first step with loss - f_min <= tolerance, -1 if never
-    diverged_step: np.ndarray  # (N,): first step with a non-finite loss or position, -1 if never
+    # Exclusive per point (at most one of the two is >= 0): whichever came first ends that point's descent.
+    converged_step: np.ndarray  # (N,): first step with loss - f_min <= tolerance, -1 if never or diverged first
+    diverged_step: np.ndarray  # (N,): first step with a non-finite loss or position, -1 if never or converged first
 
     @property
     def steps_taken(self) -> int:
@@ -34,6 +35,17 @@ def _first_true(flags: torch.Tensor) -> np.ndarray:
     hit = flags.any(0)
     first = flags.to(torch.int8).argmax(0)
     return torch.where(hit, first, torch.full_like(first, -1)).cpu().numpy()
+
+
+def _outcome_steps(finite: torch.Tensor, reached: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(converged step, diverged step) per point from (T, N) flags, -1 for the outcome that did not come first."""
+    converged, diverged = _first_true(finite & reached), _first_true(~finite)
+    # A converged point is done: non-finite values from the steps run until the next stopping check are no
+    # divergence; a point that diverged first never counts as converged. The two never share a step.
+    never = finite.shape[0]
+    converged_at = np.where(converged >= 0, converged, never)
+    diverged_at = np.where(diverged >= 0, diverged, never)
+    return np.where(converged_at < diverged_at, converged, -1), np.where(diverged_at < converged_at, diverged, -1)
 
 
 CHECK_EVERY = 8  # steps between stopping checks: each check reads back one flag (a host sync on GPUs)
@@ -116,7 +128,7 @@ def run_descent(fn: Function2D, optimizer: str, starts: torch.Tensor, steps: int
         opt.step()
     traj = _finish(fn, positions[: stop + 1].transpose(1, 2), losses[: stop + 1], grad_norms[: stop + 1],
                    tolerance)
-    ended = np.maximum(traj.converged_step, traj.diverged_step)
+    ended = np.maximum(traj.converged_step, traj.diverged_step)  # exclusive: the one outcome's step, else -1
     if (ended >= 0).all() and ended.max() < stop:  # all finished before the check noticed: trim the extra steps
         last = int(ended.max()) + 1
         traj = Trajectory(traj.positions[:last], traj.losses[:last], traj.grad_norms[:last], traj.distances[:last],
@@ -128,13 +140,14 @@ def _finish(fn: Function2D, positions: torch.Tensor, losses: torch.Tensor, grad_
             tolerance: float) -> Trajectory:
     """Derive per-point convergence and divergence steps and move everything to numpy."""
     finite = torch.isfinite(losses) & torch.isfinite(positions).all(2)
+    converged, diverged = _outcome_steps(finite, losses - fn.f_min <= tolerance)
     return Trajectory(
         positions=positions.cpu().numpy(),
         losses=losses.cpu().numpy(),
         grad_norms=grad_norms.cpu().numpy(),
         distances=fn.distance_to_min(positions).cpu().numpy(),
-        converged_step=_first_true(finite & (losses - fn.f_min <= tolerance)),
-        diverged_step=_first_true(~finite),
+        converged_step=converged,
+        diverged_step=diverged,
     )
 
 

@@ -48,7 +48,11 @@ class Function2D:
 
 
 def _ackley(x, y, lib):
-    radius = lib.sqrt(0.5 * (x ** 2 + y ** 2))
+    # At the cusp r2 = 0, and sqrt's infinite slope there times r2's zero slope is NaN. The inner where keeps
+    # sqrt (and its backward) off 0; the outer one gives radius 0 there, so the gradient is the subgradient 0.
+    r2 = 0.5 * (x ** 2 + y ** 2)
+    safe = lib.where(r2 > 0, r2, 1.0)
+    radius = lib.where(r2 > 0, lib.sqrt(safe), 0.0)
     waves = 0.5 * (lib.cos(2 * math.pi * x) + lib.cos(2 * math.pi * y))
     return -20.0 * lib.exp(-0.2 * radius) - lib.exp(waves) + math.e + 20.0
 

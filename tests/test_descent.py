@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from pipeline.descent import run_descent, starting_points
+from pipeline.descent import _outcome_steps, run_descent, starting_points
 from pipeline.functions import FUNCTIONS
 from pipeline.optimizers import optimizer_names
 
@@ -94,3 +94,46 @@ def test_the_compiled_step_follows_the_same_paths(name, optimizer):
     np.testing.assert_allclose(compiled.positions, eager.positions, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(compiled.grad_norms, eager.grad_norms, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(compiled.converged_step, eager.converged_step)
+
+
+MINIMA = [(name, point) for name, fn in FUNCTIONS.items() for point in fn.minima]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop"])
+@pytest.mark.parametrize("name,point", MINIMA)
+def test_a_start_at_a_minimum_converges_at_step_0(name, point, optimizer):
+    traj = _one(name, point, optimizer, 0.01, 100)  # tolerance 1e-8: Himmelblau's 6-decimal minima are ~1e-11 off
+    assert (traj.converged_step[0], traj.diverged_step[0], traj.steps_taken) == (0, -1, 0)
+    assert np.isfinite(traj.losses).all() and np.isfinite(traj.grad_norms).all()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_starts_at_and_next_to_the_ackley_cusp_stay_finite(compiled):
+    fn = FUNCTIONS["ackley"]
+    starts = torch.tensor([[0.0, 0.0], [1e-160, 1e-160], [1e-300, 0.0]], dtype=torch.float64)
+    # A negative tolerance never converges, so every step runs and is checked.
+    traj = run_descent(fn, "adam", starts, 50, tolerance=-1.0, lr=0.01, compiled=compiled)
+    assert traj.steps_taken == 50 and (traj.diverged_step == -1).all()
+    assert np.isfinite(traj.losses).all() and np.isfinite(traj.positions).all()
+    assert (traj.positions[:, 0] == 0).all()  # the subgradient 0 leaves the minimum in place
+    assert (traj.losses < 0.1).all()  # Adam's steps of about lr keep the others near the minimum
+
+
+def test_converged_and_diverged_are_exclusive():
+    # Point 0 converges at step 2 and goes NaN at 4; point 1 goes inf at 1 and later dips under the tolerance.
+    losses = torch.tensor([[5.0, 5.0], [5.0, float("inf")], [0.0, 5.0], [0.0, 5.0], [float("nan"), 0.0]])
+    converged, diverged = _outcome_steps(torch.isfinite(losses), losses <= 1e-6)
+    assert converged.tolist() == [2, -1] and diverged.tolist() == [-1, 1]
+    never = torch.full((3, 1), 5.0)
+    assert [a.tolist() for a in _outcome_steps(torch.isfinite(never), never <= 0)] == [[-1], [-1]]
+
+
+def test_a_blow_up_after_convergence_is_not_divergence():
+    # Within the tolerance at the start, then SGD at lr 10 overflows at step 4, before the first check at 7.
+    converged = _one("rosenbrock", (1.05, 1.0), "sgd", 10.0, 500, tolerance=2.0)
+    assert (converged.converged_step[0], converged.diverged_step[0], converged.steps_taken) == (0, -1, 0)
+    fn = FUNCTIONS["rosenbrock"]
+    both = run_descent(fn, "sgd", torch.tensor([[1.05, 1.0], [-1.2, 1.0]], dtype=torch.float64), 500, 2.0,
+                       lr=10.0)
+    assert both.converged_step.tolist() == [0, -1] and both.diverged_step.tolist() == [-1, 4]
+    assert both.steps_taken == 4  # trimmed at the last outcome, the other point's divergence

@@ -115,3 +115,50 @@ def test_default_start_lies_in_the_window_and_away_from_the_minimum(name):
     (x0, x1), (y0, y1) = fn.window
     assert x0 <= fn.start[0] <= x1 and y0 <= fn.start[1] <= y1
     assert float(fn.distance_to_min(np.asarray(fn.start))) > 0.5
+
+
+MINIMA = [(name, point) for name, fn in FUNCTIONS.items() for point in fn.minima]
+CUSPS = {"ackley"}  # not differentiable at the minimum: the formula gives the subgradient 0 there
+
+
+def _torch_grad(name: str, point) -> torch.Tensor:
+    xy = torch.tensor(point, dtype=torch.float64, requires_grad=True)
+    FUNCTIONS[name](xy[0], xy[1]).backward()
+    return xy.grad
+
+
+@pytest.mark.parametrize("name,point", MINIMA)
+def test_gradient_at_every_known_minimum_is_finite_and_zero(name, point):
+    grad = _torch_grad(name, point)
+    assert torch.isfinite(grad).all(), grad
+    if name in CUSPS:
+        assert grad.tolist() == [0.0, 0.0]
+    else:  # abs 1e-4: Himmelblau's minima are only known to 6 decimals
+        torch.testing.assert_close(grad, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("point", [(1e-300, 0.0), (1e-160, 1e-160), (-1e-155, 0.0), (5e-324, -5e-324)])
+def test_ackley_gradient_is_finite_next_to_its_cusp(point):
+    grad = _torch_grad("ackley", point)
+    # The radial slope is at most 2 sqrt(2); 3 leaves room for the rounding of a subnormal r2.
+    assert torch.isfinite(grad).all() and grad.norm() <= 3, grad
+
+
+def test_ackley_cusp_through_torch_func_and_compile():
+    fn = FUNCTIONS["ackley"]
+    grad = torch.compile(torch.func.grad(lambda p: fn(p[0], p[1]).sum()), dynamic=False)
+    points = torch.tensor([[0.0, 1e-160, 1e-300, 1.0], [0.0, 1e-160, 0.0, 1.0]], dtype=torch.float64)
+    got = grad(points)
+    assert torch.isfinite(got).all() and got[:, 0].tolist() == [0.0, 0.0]
+    torch.testing.assert_close(got[:, 3], torch.tensor(ANALYTIC["ackley"](1.0, 1.0), dtype=torch.float64))
+
+
+def test_ackley_cusp_with_numpy_scalars_and_arrays():
+    fn = FUNCTIONS["ackley"]
+    assert float(fn(np.float64(0), np.float64(0))) == pytest.approx(0.0, abs=1e-12)
+    assert float(fn(0.0, 0.0)) == pytest.approx(0.0, abs=1e-12)  # plain floats go through numpy too
+    xs = np.array([[0.0, 1e-160], [1.0, -2.0]])
+    with np.errstate(divide="raise", invalid="raise"):  # no warning from either branch of the wheres
+        values = fn(xs, xs.T)
+    assert values.shape == (2, 2) and np.isfinite(values).all()
+    assert values[0, 0] == pytest.approx(0.0, abs=1e-12)

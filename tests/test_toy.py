@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import artifact_files, mlflow_run, metric_history, new_experiment, run_cli, runs_of
+from pipeline import cli
 from pipeline import tracking as tracking_module
 from pipeline.config import build_config
 from pipeline.toy import run_toy
@@ -66,6 +67,21 @@ def test_divergence_ends_the_run_failed_with_a_tag_and_exit_3(tracking):
     assert run.info.status == "FAILED"
     assert run.data.tags["diverged"] == "true" and int(run.data.tags["diverged_step"]) > 0
     assert artifact_files(tracking, run.info.run_id) >= PLOTS
+
+
+def test_a_start_at_the_ackley_cusp_converges_at_step_0(tracking, capsys):
+    # Ackley's gradient at its minimum used to be NaN: the run was tagged converged and diverged, exit 3.
+    experiment = new_experiment()
+    assert cli.main(["toy", "--start", "0,0", "--function", "ackley", "--optimizer", "adam",
+                     "--experiment", experiment]) == 0
+    assert "adam on ackley: converged at step 0" in capsys.readouterr().out
+    (run,) = runs_of(tracking, experiment)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert (tags["converged"], tags["diverged"], tags["converged_step"]) == ("true", "false", "0")
+    assert "diverged_step" not in tags
+    steps, loss = metric_history(tracking, run.info.run_id, "loss")
+    assert steps == [0] and np.isfinite(loss).all()
 
 
 @pytest.mark.parametrize("args", [["--optimizer", "nope"], ["--lr", "-1"], ["--steps", "0"],
