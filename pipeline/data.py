@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
-import pickle
+import pickle  # only to write batch files; reading goes through pipeline.safe_pickle
 import socket
 import warnings
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from pipeline.errors import UsageError
+from pipeline.safe_pickle import load_batch_pickle
 
 CIFAR_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -134,18 +134,11 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch file as images (N, 32, 32, 3) uint8 and labels (N,) int64."""
     if not path.is_file():
         raise UsageError(f"{path} is missing; restore the full cifar-10-batches-py folder or point data_dir elsewhere")
-    try:
-        with path.open("rb") as f:
-            # latin1: the official files are Python 2 pickles. Unpickling runs code from the file (as in
-            # torchvision), so data_dir must be data you trust.
-            batch = pickle.load(f, encoding="latin1")
-    except Exception as err:  # a garbled pickle can raise almost anything; report it as a bad file
-        raise UsageError(f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}); replace the file") from None
-    data, labels = _field(batch, "data"), _field(batch, "labels")
+    batch = load_batch_pickle(path)  # builds data only: a file asking to run code is refused
+    data, labels = _field(batch, "data"), _labels(_field(batch, "labels"))
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
             and data.shape[1] == 3 * IMAGE_SIZE**2 and labels is not None and len(labels) == len(data)):
         raise UsageError(f"{path} is not a CIFAR-10 batch (need uint8 data (N, 3072) and N labels); replace the file")
-    labels = np.asarray(labels, dtype=np.int64)
     if labels.size and not (0 <= labels.min() and labels.max() < len(CIFAR_CLASSES)):
         raise UsageError(f"{path} has labels outside 0..9; replace the file")
     # Rows hold the red, green then blue 32x32 planes; turn them into height, width, channel.
@@ -158,6 +151,15 @@ def _field(batch: object, key: str) -> object:
     if not isinstance(batch, dict):
         return None
     return batch.get(key, batch.get(key.encode()))
+
+
+def _labels(value: object) -> np.ndarray | None:
+    """A batch's labels as int64 (N,); None unless they are a flat list or array of integers."""
+    with contextlib.suppress(Exception):  # ragged lists and odd objects are simply not labels
+        labels = np.asarray(value)
+        if labels.ndim == 1 and (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+            return labels.astype(np.int64)
+    return None
 
 
 def write_cifar_batches(folder: str | Path, train_x: np.ndarray, train_y: np.ndarray,
@@ -242,6 +244,9 @@ class CifarLoader:
             raise TypeError(f"images must be uint8 (N, 32, 32, 3), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise UsageError(f"{len(images)} images but {len(labels)} labels; give one label per image")
+        if train and len(images) < 2:
+            raise UsageError(f"{len(images)} training image(s): training needs at least 2 (BatchNorm cannot "
+                             "normalise a batch of one); raise train_limit")
         # Whole dataset as uint8 NCHW on the device: a quarter of float32's memory, no DataLoader workers.
         self.images = images.to(device).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.as_tensor(labels).to(device=device, dtype=torch.int64)
@@ -262,9 +267,18 @@ class CifarLoader:
         self._augment_rng.set_state(state["augment"])
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch. Training drops a last batch of a single image: BatchNorm cannot normalise one
+        value per channel (resnet18_imagenet's last blocks are 1x1), and one image is no gradient estimate."""
         n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.drop_last:
+            return n // self.batch_size
+        full, rest = divmod(n, self.batch_size)
+        return full + (rest > 1 or (rest == 1 and not self.train))
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Images one pass yields: all of them, less a dropped last batch."""
+        return min(len(self.labels), len(self) * self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
@@ -294,6 +308,8 @@ def torchvision_test_transform() -> transforms.Compose:
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+# predict shrinks every image to 32x32, and a PNG of a few KB can claim gigapixels (a decompression bomb):
+MAX_IMAGE_SIDE = 4096  # images over 4096**2 pixels (48 MiB as RGB) are refused before decoding
 
 
 @dataclass(frozen=True, eq=False)
@@ -322,20 +338,32 @@ def read_images(path: str | Path) -> ImageSet:
 
 
 def _image_files(files: list[Path], root: Path) -> ImageSet:
-    """Decode image files to 32x32 RGB (resizing others, as the model only knows 32x32)."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Decode image files to 32x32 RGB; a class-named parent folder gives the label."""
     pixels, labels = [], []
     for file in files:
-        try:
-            with Image.open(file) as image:
-                image = image.convert("RGB")
-                if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                    image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-                pixels.append(np.asarray(image, dtype=np.uint8))
-        except (OSError, UnidentifiedImageError) as err:
-            raise UsageError(f"input: cannot read image {file} ({type(err).__name__}); remove or replace it") from None
+        pixels.append(_decode_image(file))
         parent = file.parent.name
         labels.append(CIFAR_CLASSES.index(parent) if parent in CIFAR_CLASSES else -1)
     names = [str(file.relative_to(root)) if file != root else file.name for file in files]
     return ImageSet(names, np.stack(pixels), np.asarray(labels, dtype=np.int64))
+
+
+def _decode_image(file: Path) -> np.ndarray:
+    """One image file as uint8 (32, 32, 3) RGB; its size is checked before decoding, as a tiny file can claim any."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # PIL warns of a likely decompression bomb from about 89M pixels: an error here, caught below.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:  # reads the header only
+                if image.width * image.height > MAX_IMAGE_SIDE**2:
+                    raise Image.DecompressionBombError(f"{image.width}x{image.height}")
+                # resize copies an image already 32x32; others are shrunk, as the model only knows 32x32
+                image = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+                return np.asarray(image, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # neither is an OSError
+        raise UsageError(f"input: image {file} is over the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixel cap; predict "
+                         "needs only 32x32, so shrink it first") from None
+    except Exception as err:  # a damaged file can raise almost anything inside PIL's decoders
+        raise UsageError(f"input: cannot read image {file} ({type(err).__name__}); remove or replace it") from None

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import pickle
+import pickletools
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -12,11 +14,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
+from conftest import new_experiment, run_cli
 from pipeline.data import (
     CIFAR_MEAN, CIFAR_STD, CifarLoader, UnofficialDataWarning, augment_batch, crop_and_flip, load_cifar10,
     normalize, to_tensor_normalized, torchvision_test_transform, torchvision_train_transform, write_cifar_batches,
 )
 from pipeline.errors import UsageError
+from pipeline.safe_pickle import ALLOWED
+from test_files_fuzz import assert_one_line_exit_2, cifar_argv, hostile_pickle
 
 SUBSET = Path(__file__).resolve().parents[2] / "shared/data/cifar10-subset"
 needs_subset = pytest.mark.skipif(not SUBSET.is_dir(), reason=f"real CIFAR-10 subset not found at {SUBSET}")
@@ -172,6 +177,153 @@ def test_download_offline_fails_fast_with_one_clean_line(tmp_path: Path) -> None
     message = str(err.value)
     assert str(tmp_path / "cifar-10-batches-py") in message and "\n" not in message
     assert err.value.__cause__ is None and err.value.__suppress_context__  # raised `from None`: no chained traceback
+
+
+# --- batch files cannot run code -----------------------------------------------------------------------------
+
+
+def python2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch pickled as Python 2 and numpy 1.x wrote the official files: protocol 2, GLOBAL opcodes naming
+    numpy.core.multiarray, byte strings as Python 2 str (BINSTRING), which load as latin-1 text."""
+    def text(raw: bytes) -> bytes:
+        return b"T" + struct.pack("<i", len(raw)) + raw
+
+    # dtype('u1', False, True), then BUILD with its state (3, '|', None, None, None, -1, -1, 0)
+    dtype = (b"cnumpy\ndtype\n" + text(b"u1") + b"\x89\x88\x87R("
+             + b"K\x03" + text(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    shape = b"J" + struct.pack("<i", len(data)) + b"M" + struct.pack("<H", data.shape[1]) + b"\x86"
+    # _reconstruct(ndarray, (0,), 'b'), then BUILD with (1, shape, dtype, False, raw bytes)
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + text(b"b") + b"\x87R("
+             + b"K\x01" + shape + dtype + b"\x89" + text(data.tobytes()) + b"tb")
+    items = b"](" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
+    return (b"\x80\x02}(" + text(b"batch_label") + text(b"testing batch 1 of 1") + text(b"labels") + items
+            + text(b"data") + array + b"u.")
+
+
+def pickled_globals(raw: bytes) -> set[tuple[str, str]]:
+    """Every (module, name) a pickle asks find_class for, read with pickletools (nothing is loaded)."""
+    found, strings, memo = set(), [], {}
+    for opcode, arg, _ in pickletools.genops(raw):
+        if opcode.name == "GLOBAL":
+            found.add(tuple(arg.split(" ", 1)))
+        elif opcode.name == "STACK_GLOBAL":  # its module and name are the last two strings pushed
+            found.add((strings[-2], strings[-1]))
+        elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):  # protocol 4 may fetch names from the memo
+            memo[len(memo) if arg is None else arg] = strings[-1] if strings else None
+        elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+            strings.append(memo[arg])
+        elif isinstance(arg, str):
+            strings.append(arg)
+    return found
+
+
+@needs_subset
+def test_real_subset_files_ask_only_for_allowed_globals() -> None:
+    for path in sorted((SUBSET / "cifar-10-batches-py").iterdir()):
+        assert pickled_globals(path.read_bytes()) <= set(ALLOWED), path.name
+
+
+def test_official_python2_layout_loads(synthetic) -> None:
+    folder, _, _, test_x, test_y = synthetic
+    raw = python2_batch(test_x.transpose(0, 3, 1, 2).reshape(7, -1), test_y.tolist())
+    assert pickled_globals(raw) == {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+                                    ("numpy", "dtype")}
+    (folder / "cifar-10-batches-py/test_batch").write_bytes(raw)
+    with pytest.warns(UnofficialDataWarning):
+        data = load_cifar10(folder, download=False)
+    np.testing.assert_array_equal(data.test_x, test_x)
+    np.testing.assert_array_equal(data.test_y, test_y)
+
+
+# numpy 2 names numpy._core; numpy 1.x wrote numpy.core, spelt out in GLOBAL lines by protocols 0-2 (later
+# protocols prefix names with their length, so a byte replacement cannot rename them).
+@pytest.mark.parametrize(("protocol", "numpy_name"), [*((p, "numpy._core") for p in range(pickle.HIGHEST_PROTOCOL + 1)),
+                                                      *((p, "numpy.core") for p in range(3))])
+def test_every_pickle_protocol_and_numpy_module_name_loads(synthetic, protocol: int, numpy_name: str) -> None:
+    folder, _, _, test_x, test_y = synthetic
+    batch = {"batch_label": b"test", "data": test_x.transpose(0, 3, 1, 2).reshape(7, -1), "filenames": [b"", b"a"],
+             "labels": [np.int64(v) for v in test_y]}  # numpy scalars: the `scalar` global
+    raw = pickle.dumps(batch, protocol=protocol)
+    raw = raw.replace(b"numpy._core.", f"{numpy_name}.".encode())
+    asked = pickled_globals(raw)
+    assert asked <= set(ALLOWED) and {module for module, _ in asked if module.startswith("numpy.")} <= {
+        f"{numpy_name}.multiarray", f"{numpy_name}.numeric"}
+    (folder / "cifar-10-batches-py/test_batch").write_bytes(raw)
+    with pytest.warns(UnofficialDataWarning):
+        data = load_cifar10(folder, download=False)
+    np.testing.assert_array_equal(data.test_x, test_x)
+    np.testing.assert_array_equal(data.test_y, test_y)
+
+
+def refused_pickles(marker: Path) -> dict[str, tuple[bytes, str]]:
+    """name -> (a pickle that must be refused, the words its refusal names)."""
+    runstring = (b"\x80\x02cnumpy.testing._private.utils\nrunstring\n"  # a numpy function that runs exec()
+                 + pickle.dumps((f"open({str(marker)!r}, 'w')", {}), protocol=2)[2:-1] + b"R.")
+    # _reconstruct(ndarray, (1_410_065_408,), b'b'): numpy's own pickles always ask for shape (0,)
+    reconstruct = b"\x80\x02cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\xe4\x0bT\x85C\x01b\x87R."
+    return {
+        "path-touch-protocol-4": (hostile_pickle(marker, 4), "pathlib.Path.touch"),
+        "getattr-protocol-2": (hostile_pickle(marker, 2), "__builtin__.getattr"),
+        "numpy-runstring": (runstring, "numpy.testing._private.utils.runstring"),
+        "os-system": (b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.", "os.system"),
+        "codec-other-than-latin1": (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x04\x00\x00\x00zlib\x86R.",
+                                    "'zlib' codec"),
+        "object-array": (pickle.dumps({"data": np.array([None], dtype=object)}), "Python objects"),
+        "huge-reconstruct": (reconstruct, "array constructor"),
+    }
+
+
+@pytest.mark.parametrize("case", ["path-touch-protocol-4", "getattr-protocol-2", "numpy-runstring"])
+def test_the_payloads_do_run_code_under_plain_pickle(tmp_path: Path, case: str) -> None:
+    """The refusal tests' payloads are live: plain pickle.loads runs them and creates the marker."""
+    marker = tmp_path / "ran"
+    pickle.loads(refused_pickles(marker)[case][0])
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("case", list(refused_pickles(Path("x"))))
+def test_a_batch_asking_for_code_is_refused_without_running_it(synthetic, tmp_path: Path, case: str) -> None:
+    marker = tmp_path / "ran"
+    raw, named = refused_pickles(marker)[case]
+    path = synthetic[0] / "cifar-10-batches-py/data_batch_1"
+    path.write_bytes(raw)
+    with pytest.raises(UsageError) as err:
+        load_cifar10(synthetic[0], download=False)
+    message = str(err.value)
+    assert message.startswith(f"{path} is not a plain CIFAR-10 batch: ") and named in message, message
+    assert message.endswith("refusing to load it") and "\n" not in message
+    assert not marker.exists()
+
+
+def assert_no_run_started(client, experiment: str, since_ms: int) -> None:
+    """The store holds no run of experiment, and no run started since since_ms is still RUNNING."""
+    found = client.get_experiment_by_name(experiment)
+    assert found is None or client.search_runs([found.experiment_id]) == []
+    every = [e.experiment_id for e in client.search_experiments()]
+    running = client.search_runs(every, f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}")
+    assert running == [], [run.info.run_id for run in running]
+
+
+def test_cli_refuses_a_hostile_data_dir_before_any_run(tracking, capsys, tmp_path: Path) -> None:
+    batches = write_cifar_batches(tmp_path / "data", random_images(10), np.arange(10), random_images(4), np.arange(4))
+    marker, experiment, since_ms = tmp_path / "ran", new_experiment(), int(time.time() * 1000)
+    (batches / "data_batch_1").write_bytes(hostile_pickle(marker))
+    line = assert_one_line_exit_2(capsys, cifar_argv(tmp_path / "data", experiment), str(batches / "data_batch_1"))
+    assert "asks to load pathlib.Path.touch" in line
+    assert not marker.exists()
+    assert_no_run_started(tracking, experiment, since_ms)
+
+
+def test_cli_process_refuses_a_hostile_data_dir(tracking, tmp_path: Path) -> None:
+    batches = write_cifar_batches(tmp_path / "data", random_images(10), np.arange(10), random_images(4), np.arange(4))
+    marker, experiment, since_ms = tmp_path / "ran", new_experiment(), int(time.time() * 1000)
+    (batches / "data_batch_1").write_bytes(hostile_pickle(marker, protocol=2))
+    done = run_cli(*cifar_argv(tmp_path / "data", experiment))
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(f"error: {batches / 'data_batch_1'} is not")
+    assert "asks to load __builtin__.getattr" in done.stderr
+    assert not marker.exists()
+    assert_no_run_started(tracking, experiment, since_ms)
 
 
 # --- normalisation and augmentation --------------------------------------------------------------------------

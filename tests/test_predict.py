@@ -1,15 +1,19 @@
 """The `predict` entry point: images in, one line per image out, predictions logged; bad paths refused."""
 import csv
 import io
+import struct
+import time
+import zlib
 
 import mlflow
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from conftest import SHARED_SUBSET, metric_history, new_experiment, run_cli, runs_of
-from pipeline.data import CIFAR_CLASSES, load_cifar10, read_images, write_cifar_batches
+from pipeline.data import CIFAR_CLASSES, MAX_IMAGE_SIDE, load_cifar10, read_images, write_cifar_batches
 from pipeline.errors import UsageError
+from test_files_fuzz import assert_one_line_exit_2, hostile_pickle, predict_argv
 
 
 def _png_folder(folder, images, labels):
@@ -63,6 +67,68 @@ def test_cli_refuses_bad_inputs_with_one_line(tracking, tmp_path):
     (tmp_path / "broken.png").unlink()
     done = run_cli("predict", "--model_uri", "models:/no-such-model@champion", "--input", str(tmp_path / "ok.png"))
     assert done.returncode == 2 and "model_uri: cannot load 'models:/no-such-model@champion'" in done.stderr
+
+
+def test_cli_refuses_a_batch_file_asking_for_code(tracking, capsys, tmp_path):
+    marker, path = tmp_path / "ran", tmp_path / "test_batch"
+    path.write_bytes(hostile_pickle(marker))
+    line = assert_one_line_exit_2(capsys, predict_argv(path), f"{path} is not a plain CIFAR-10 batch")
+    assert "asks to load pathlib.Path.touch" in line and line.endswith("refusing to load it")
+    assert not marker.exists()
+
+
+def png_claiming(path, width, height):
+    """A 1x1 PNG whose header claims width x height (checksum fixed up): tiny on disk, huge if decoded."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    raw = bytearray(buffer.getvalue())
+    # 8-byte signature, then the IHDR chunk: length (4), b"IHDR", width and height (4 + 4), 5 more bytes, CRC
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(raw[12:29]))
+    path.write_bytes(bytes(raw))
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Images whose pixels PIL decodes during the test, by size: a refused bomb must never be decoded."""
+    sizes, load = [], ImageFile.ImageFile.load
+
+    def spy(image):
+        sizes.append(image.size)
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return sizes
+
+
+# (width, height) claimed: past PIL's own error (2 x 89M pixels), past its warning (89M), just past our cap.
+@pytest.mark.parametrize("size", [(100_000, 100_000), (10_000, 10_000), (MAX_IMAGE_SIDE + 1, MAX_IMAGE_SIDE)])
+def test_oversized_image_headers_are_refused_before_decoding(tracking, capsys, tmp_path, decodes, size):
+    path = tmp_path / "bomb.png"
+    png_claiming(path, *size)
+    start = time.perf_counter()
+    assert_one_line_exit_2(capsys, predict_argv(path), str(path), f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixel cap")
+    assert time.perf_counter() - start < 5 and decodes == []
+
+
+def test_a_real_large_image_is_refused_and_one_at_the_cap_is_read(tracking, capsys, tmp_path, decodes):
+    Image.new("L", (5000, 5000), 7).save(tmp_path / "big.png")  # one colour: 25M pixels in a few KB
+    assert (tmp_path / "big.png").stat().st_size < 100_000
+    assert_one_line_exit_2(capsys, predict_argv(tmp_path / "big.png"), str(tmp_path / "big.png"), "pixel cap")
+    assert decodes == []
+    Image.new("L", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), 7).save(tmp_path / "cap.png")
+    read = read_images(tmp_path / "cap.png")
+    assert read.images.shape == (1, 32, 32, 3) and (read.images == 7).all()
+    assert decodes == [(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)]
+
+
+def test_cli_process_refuses_a_decompression_bomb_with_one_line(tracking, tmp_path):
+    png_claiming(tmp_path / "bomb.png", 10_000, 10_000)  # PIL itself warns (on stderr) about this one
+    done = run_cli(*predict_argv(tmp_path / "bomb.png"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"error: input: image {tmp_path / 'bomb.png'} is over the "
+                                        f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixel cap; predict needs only 32x32, "
+                                        "so shrink it first"]
 
 
 @pytest.mark.slow
