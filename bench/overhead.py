@@ -18,7 +18,8 @@ from bench.machine import log
 from bench.server import mlflow_server
 from bench.table import Row, met, times
 from pipeline import tracking
-from pipeline.cifar import RunLog, build_loaders, build_trainer
+from pipeline.cifar import build_loaders, build_trainer
+from pipeline.runlog import RunLog
 from pipeline.config import CifarConfig, build_config
 from pipeline.data import CifarArrays
 from pipeline.train import fit
