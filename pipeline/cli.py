@@ -5,11 +5,12 @@ Exit codes: 0 success, 1 internal error, 2 bad input (one line on stderr), 3 tra
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Sequence
 
 from pipeline.config import PARAMS_FILE, build_compare, build_config
-from pipeline.errors import EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 
 # entry point -> (module, function) run with the validated config; imported only after validation
 ENTRIES = {"toy": ("pipeline.toy", "run_toy"), "cifar": ("pipeline.cifar", "run_cifar"),
@@ -64,36 +65,72 @@ def entry_help(section: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one entry point; bad input gives one line on stderr and exit code 2."""
+    """Run one entry point; bad input gives one line on stderr and exit code 2, Ctrl-C exit code 130."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return EXIT_OK if args else EXIT_USAGE
-    command, rest = args[0], args[1:]
     try:
-        if command in RUNNERS:
-            module, function, accepted = RUNNERS[command]
-            options = parse_overrides(rest)
-            unknown = sorted(set(options) - set(accepted))
-            if unknown:
-                raise UsageError(f"unknown param {unknown[0]!r} for {command}; valid: {', '.join(accepted)}")
-            return getattr(importlib.import_module(module), function)(**options)
-        if command in LISTINGS:
-            print(listing(command))
-            return EXIT_OK
-        if command not in ENTRIES:
-            choices = ", ".join([*ENTRIES, *RUNNERS, *LISTINGS])
-            raise UsageError(f"unknown entry point {command!r}; choose one of: {choices}")
-        if {"-h", "--help"} & set(rest):
-            print(entry_help(command))
-            return EXIT_OK
-        overrides = parse_overrides(rest)
-        config = build_compare(overrides) if command == "compare" else build_config(command, overrides)
-        module, function = ENTRIES[command]
-        runner = getattr(importlib.import_module(module), function)
-        from pipeline.tracking import check_server  # loaded by the entry module already
-        check_server()  # a server that is down or refuses our login: one line before any work or lookup
-        return runner(config)
+        return dispatch(args[0], args[1:])
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return refuse(str(error))
+    except KeyboardInterrupt:
+        print("interrupted: open runs are marked KILLED", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - a store that is down or unwritable is one line; a bug is not
+        message = store_problem(error)
+        if message is None:
+            raise
+        return refuse(message)
+
+
+def refuse(message: str) -> int:
+    """One line on stderr, written on the run `mlflow run` made for us too (if any); exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from pipeline.tracking import record_refusal
+
+        record_refusal(message)
+    return EXIT_USAGE
+
+
+def store_problem(error: Exception) -> str | None:
+    """One line for an error of the tracking or artifact store (unwritable folder, full disk, a server that
+    refuses), None for anything else (a bug: its traceback is wanted)."""
+    if "pipeline.tracking" not in sys.modules:  # nothing reached the store yet
+        return None
+    from pipeline.tracking import is_store_error, one_line, tracking_uri
+
+    if not is_store_error(error):
+        return None
+    where = getattr(error, "filename", None)
+    if where:
+        return f"cannot write {where} ({one_line(error)}); the tracking and artifact stores must be writable"
+    return f"the tracking store {tracking_uri()} failed ({one_line(error)}); check that it is reachable and writable"
+
+
+def dispatch(command: str, rest: list[str]) -> int:
+    """Run one command with its `--key value` params."""
+    if command in RUNNERS:
+        module, function, accepted = RUNNERS[command]
+        options = parse_overrides(rest)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise UsageError(f"unknown param {unknown[0]!r} for {command}; valid: {', '.join(accepted)}")
+        return getattr(importlib.import_module(module), function)(**options)
+    if command in LISTINGS:
+        print(listing(command))
+        return EXIT_OK
+    if command not in ENTRIES:
+        choices = ", ".join([*ENTRIES, *RUNNERS, *LISTINGS])
+        raise UsageError(f"unknown entry point {command!r}; choose one of: {choices}")
+    if {"-h", "--help"} & set(rest):
+        print(entry_help(command))
+        return EXIT_OK
+    overrides = parse_overrides(rest)
+    config = build_compare(overrides) if command == "compare" else build_config(command, overrides)
+    module, function = ENTRIES[command]
+    runner = getattr(importlib.import_module(module), function)
+    from pipeline.tracking import check_server  # loaded by the entry module already
+    check_server()  # a server that is down or refuses our login: one line before any work or lookup
+    return runner(config)

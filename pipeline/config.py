@@ -29,6 +29,8 @@ MAX_STEPS = 1_000_000  # toy steps: each logs 3 metric values
 MAX_SEED = 2**32 - 1  # the range every seeded generator here accepts (torch takes int64, seed + 1 included)
 MAX_CIFAR_LR = 1e30  # cifar weights are float32 (max 3.4e38): a larger lr or decay overflows inside torch
 _FALSE = {"false", "no", "0", "off"}
+MAX_EXPERIMENT_NAME = 256  # experiments.name is VARCHAR(256) in MLflow's SQL schema
+MAX_TEXT = 1000  # characters of any text param: paths, URIs, lists (MLflow stores params of up to 6000)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class ToyConfig:
         _require(1 <= self.steps <= MAX_STEPS, "steps", self.steps, f"an integer in [1, {MAX_STEPS}]")
         _require(self.tolerance >= 0, "tolerance", self.tolerance, "a number >= 0")
         _require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
-        _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+        _check_experiment(self.experiment)
         if self.start not in ("default", "random"):
             parse_point(self.start)
 
@@ -120,7 +122,7 @@ class CifarConfig:
         _require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")
         _require(0 <= self.checkpoint_every_s <= 1e9, "checkpoint_every_s", self.checkpoint_every_s,
                  "a number of seconds >= 0 (0 = after every epoch)")
-        _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+        _check_experiment(self.experiment)
         _require(bool(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", self.model_name)), "model_name", self.model_name,
                  "a name of letters, digits, '_', '.', '-'")
         _require(self.log_model or not self.register, "register", self.register, "false when log_model=false")
@@ -140,7 +142,7 @@ class PredictConfig:
                  "a model URI such as runs:/<run_id>/model or models:/optlab-cifar@champion")
         _require(bool(self.input.strip()), "input", self.input, "an image file, a folder or a CIFAR batch file")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+        _check_experiment(self.experiment)
 
 
 TASKS = ("toy", "cifar")
@@ -160,7 +162,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         _require(self.task in TASKS, "task", self.task, f"one of {', '.join(TASKS)}")
-        _require(bool(self.experiment.strip()), "experiment", self.experiment, "a non-empty name")
+        _check_experiment(self.experiment)
         _require(self.task == "cifar" or not self.lockstep, "lockstep", self.lockstep, "false for task=toy "
                  "(toy runs are batched already)")
 
@@ -195,10 +197,23 @@ def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path 
         raise UsageError("compare takes optimizers=a,b,c (a list), not optimizer")
     if config.task == "cifar":  # the champion alias needs registered models
         passed.setdefault("register", passed.get("log_model", "true"))
+    names = config.optimizer_list()
+    _check_taken(passed, names)
     children = tuple(build_config(config.task, {**_accepted(passed, name), "optimizer": name,
                                                 "experiment": config.experiment}, params_file)
-                     for name in config.optimizer_list())
+                     for name in names)
     return dataclasses.replace(config, children=children)
+
+
+def _check_taken(passed: Mapping[str, str], names: list[str]) -> None:
+    """A hyper-parameter given to a sweep must reach at least one of its optimizers, not vanish silently."""
+    for key in ("lr", "momentum", "weight_decay"):
+        if key not in passed or str(passed[key]).strip().lower() in _UNSET:
+            continue
+        if not any(key in get_spec(name).tunable for name in names):
+            takers = [name for name in optimizer_names() if key in get_spec(name).tunable]
+            raise UsageError(f"{key}: none of {', '.join(names)} takes it; it is for {', '.join(takers)} "
+                             "(drop it, or add one of those to optimizers)")
 
 
 # Settings that change where or how a run is recorded, not what it computes.
@@ -240,6 +255,14 @@ def _check_hparams(lr: float | None, momentum: float | None, weight_decay: float
     _require(weight_decay is None or weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
 
 
+def _check_experiment(name: str) -> None:
+    """An experiment name every MLflow store takes: non-empty, and within the SQL stores' column of
+    MAX_EXPERIMENT_NAME characters (MLflow itself checks 500; PostgreSQL refuses past 256)."""
+    _require(bool(name.strip()), "experiment", name, "a non-empty name")
+    _require(len(name) <= MAX_EXPERIMENT_NAME, "experiment", name, f"a name of at most {MAX_EXPERIMENT_NAME} "
+             f"characters (got {len(name)})")
+
+
 def _require(ok: bool, name: str, value: Any, expected: str) -> None:
     if not ok:
         raise UsageError(f"{name}: expected {expected}, got {_short(value)}")
@@ -277,16 +300,38 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
         if not math.isfinite(number):
             raise UsageError(f"{name}: expected a finite number, got {_short(raw)}")
         return number
+    if len(text) > MAX_TEXT:
+        raise UsageError(f"{name}: expected at most {MAX_TEXT} characters, got {len(text)}")
     return text
 
 
 def load_defaults(section: str, params_file: Path = PARAMS_FILE) -> dict[str, Any]:
-    """The defaults for one entry point from params.yaml."""
-    with open(params_file, encoding="utf-8") as handle:
-        document = yaml.safe_load(handle) or {}
-    if section not in document:
-        raise UsageError(f"{params_file} has no section {section!r}")
-    return dict(document[section])
+    """The defaults for one entry point from params.yaml: a mapping of known params, else one UsageError."""
+    try:
+        document = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{params_file}: cannot be read ({type(error).__name__}); restore it from git") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise UsageError(f"{params_file}: not valid YAML{line} ({getattr(error, 'problem', None) or 'parse error'})"
+                         "; fix it or restore it from git") from None
+    if not isinstance(document, dict) or not isinstance(document.get(section), dict):
+        found = type(document.get(section) if isinstance(document, dict) else document).__name__
+        raise UsageError(f"{params_file}: section {section!r} must be a mapping of param: value, got {found}")
+    values = document[section]
+    fields = {f.name for f in dataclasses.fields(CONFIGS[section])} - {"children"}
+    for key in values:
+        if key not in fields:
+            raise UsageError(f"{params_file}: {_unknown(key, section, fields)}")
+    return dict(values)
+
+
+def _unknown(key: Any, section: str, fields: set[str]) -> str:
+    """'unknown param ...' with the closest valid name and the valid ones."""
+    hint = difflib.get_close_matches(str(key), fields, n=1)
+    maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return f"unknown param {_short(key)} for {section}{maybe}; valid: {', '.join(sorted(fields))}"
 
 
 def build_config(section: str, overrides: Mapping[str, str] | None = None,
@@ -297,9 +342,7 @@ def build_config(section: str, overrides: Mapping[str, str] | None = None,
     values = load_defaults(section, params_file)
     for key, value in (overrides or {}).items():
         if key not in fields:
-            hint = difflib.get_close_matches(key, fields, n=1)
-            maybe = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise UsageError(f"unknown param {key!r} for {section}{maybe}; valid: {', '.join(sorted(fields))}")
+            raise UsageError(_unknown(key, section, fields))
         values[key] = value
     missing = {f.name for f in dataclasses.fields(cls)
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING} - set(values)

@@ -14,3 +14,5 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+EXIT_ARTIFACTS = 4  # trained to the end, metrics stored, but the store refused some artifacts
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT

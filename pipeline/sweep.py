@@ -77,8 +77,12 @@ def shared_params(cfg: CompareConfig) -> dict[str, str]:
     """The sweep's params: its own plus every child param that all children share."""
     children = [as_params(child) for child in cfg.children]
     common = {k: v for k, v in children[0].items() if all(c.get(k) == v for c in children)} if children else {}
-    return {**common, "task": cfg.task, "optimizers": ",".join(cfg.optimizer_list()), "rerun": str(cfg.rerun),
-            "lockstep": str(cfg.lockstep)}
+    # A setting only some optimizers take (momentum for sgd but not adam): which children got it.
+    partial = {f"{key}_applies_to": ",".join(c.optimizer for c in cfg.children if getattr(c, key) is not None)
+               for key in ("lr", "momentum", "weight_decay")
+               if 0 < sum(getattr(c, key) is not None for c in cfg.children) < len(cfg.children)}
+    return {**common, **partial, "task": cfg.task, "optimizers": ",".join(cfg.optimizer_list()),
+            "rerun": str(cfg.rerun), "lockstep": str(cfg.lockstep)}
 
 
 def draw_toy(run_id: str, records: list[RunRecord], scratch: Path) -> None:

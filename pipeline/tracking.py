@@ -87,6 +87,43 @@ def _refusals_as_usage_errors(action: str) -> Iterator[None]:
         raise UsageError(_refusal(tracking_uri(), status, action)) from None
 
 
+def is_permanent(error: BaseException) -> bool:
+    """Whether retrying `error` cannot help: the server refused the request (HTTP 4xx other than 408/429), or
+    the local artifact folder cannot be written. Outages (no answer, 5xx, a busy database) are transient."""
+    import requests  # noqa: PLC0415 - MLflow's HTTP client: its connection errors are OSErrors too
+
+    if isinstance(error, mlflow.exceptions.MlflowException):
+        status = error.get_http_status_code()
+        return 400 <= status < 500 and status not in (408, 429)
+    if isinstance(error, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        return False
+    return isinstance(error, OSError)
+
+
+def is_store_error(error: BaseException) -> bool:
+    """Whether `error` came from the tracking or artifact store (refused, down, or a folder it cannot write),
+    rather than from a bug: those are reported in one line, never as a traceback."""
+    import requests  # noqa: PLC0415
+
+    return isinstance(error, (mlflow.exceptions.MlflowException, requests.exceptions.RequestException, OSError))
+
+
+def note_error(run_id: str, message: str, tags: Mapping[str, str] | None = None) -> None:
+    """Say on the run why it failed: tag `error` and the run's description (what the UI shows first).
+    Best effort: a store that is down cannot be told, and the message is printed anyway."""
+    try:
+        set_tags(run_id, {**(tags or {}), "error": message[:5000], "mlflow.note.content": f"**Failed:** {message}"})
+    except Exception as error:  # noqa: BLE001 - reporting a failure must not raise another
+        if not is_store_error(error):
+            raise
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one short line: its type and the first line of its message."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
 def _sqlite_dir(uri: str) -> Path | None:
     """The folder of a sqlite:/// store, where its runs' artifacts go too; None for other stores."""
     prefix = "sqlite:///"  # then a relative path, or an absolute one that starts with one more '/'
@@ -127,6 +164,30 @@ class RunHandle:
         self.status = RunStatus.to_string(RunStatus.FAILED)
 
 
+def launcher_run_tags() -> dict[str, str] | None:
+    """The tags of the run `mlflow run` handed this process (MLFLOW_RUN_ID), or None when it handed none."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    mlflow.set_tracking_uri(tracking_uri())
+    return dict(MlflowClient().get_run(run_id).data.tags)
+
+
+def record_refusal(message: str) -> None:
+    """Input refused before any run of ours started: when `mlflow run` made a run for this process, end it
+    FAILED with the message as its description and tag `error`, so the UI says why. Best effort."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        mlflow.set_tracking_uri(tracking_uri())
+        note_error(run_id, message)
+        MlflowClient().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except Exception as error:  # noqa: BLE001 - the refusal is printed either way
+        if not is_store_error(error):
+            raise
+
+
 def experiment_id_for(experiment: str) -> str:
     """The experiment runs go to: MLFLOW_EXPERIMENT_ID / _NAME when set (as by `mlflow run`), else `experiment`."""
     mlflow.set_tracking_uri(tracking_uri())
@@ -160,25 +221,57 @@ def tracked_run(experiment: str, run_name: str, tags: Mapping[str, str] | None =
     except KeyboardInterrupt:
         handle.status = RunStatus.to_string(RunStatus.KILLED)
         raise
-    except BaseException:
+    except BaseException as error:
         handle.fail()
+        _note_failure(handle, error)
         raise
     finally:
         mlflow.flush_async_logging()
         mlflow.end_run(handle.status)
 
 
-def start_child_run(parent: RunHandle, run_name: str, tags: Mapping[str, str]) -> str:
-    """Create a run nested under `parent` without making it the active run (several can be open at once)."""
+@contextmanager
+def child_run(parent: RunHandle, run_name: str, tags: Mapping[str, str]) -> Iterator[RunHandle]:
+    """A run nested under `parent` that is not made the active run (several can be open at once); it ends
+    FINISHED, FAILED (an error, or `fail()`) or KILLED (Ctrl-C)."""
     run = MlflowClient().create_run(parent.experiment_id, run_name=run_name,
                                     tags={**tags, MLFLOW_PARENT_RUN_ID: parent.run_id})
-    return run.info.run_id
-
-
-def end_run(run_id: str, failed: bool = False) -> None:
-    """Mark a run made by start_child_run FINISHED (or FAILED)."""
+    handle = RunHandle(run.info.run_id, parent.experiment_id)
+    with _ending(handle):
+        yield handle
     mlflow.flush_async_logging()
-    MlflowClient().set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    MlflowClient().set_terminated(handle.run_id, handle.status)
+
+
+@contextmanager
+def _ending(handle: RunHandle) -> Iterator[None]:
+    """Set the status a run ends with from how its block ended; a refused input is written on the run."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        handle.status = RunStatus.to_string(RunStatus.KILLED)
+        _end_quietly(handle)
+        raise
+    except BaseException as error:
+        handle.fail()
+        _note_failure(handle, error)
+        _end_quietly(handle)
+        raise
+
+
+def _note_failure(handle: RunHandle, error: BaseException) -> None:
+    """Write why a run failed on it: a refused input's own line, else the error's type and message."""
+    if isinstance(error, Exception):
+        note_error(handle.run_id, str(error) if isinstance(error, UsageError) else one_line(error))
+
+
+def _end_quietly(handle: RunHandle) -> None:
+    """Give an interrupted or failed run its status now (best effort: the store may be the problem)."""
+    try:
+        MlflowClient().set_terminated(handle.run_id, handle.status)
+    except Exception as error:  # noqa: BLE001
+        if not is_store_error(error):
+            raise
 
 
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:

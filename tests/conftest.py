@@ -74,13 +74,40 @@ def new_experiment() -> str:
 
 def mlflow_run(entry: str, *params: str, experiment: str, timeout: float = 600,
                env: dict | None = None) -> subprocess.CompletedProcess:
-    """`mlflow run . -e ENTRY --env-manager local -P ...` as a user would type it, with this venv first on PATH."""
+    """`mlflow run <repo> -e ENTRY --env-manager local -P ...` as a user would type it, with this venv first on
+    PATH. It runs from the test store's folder: `mlflow run` creates a new experiment's artifact root in the
+    folder it runs from (./mlruns), which must not be the project."""
     env = {**os.environ, **(env or {}), "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
                "--experiment-name", experiment]
     for param in params:
         command += ["-P", param]
-    return subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout)
+    store = env["MLFLOW_TRACKING_URI"]
+    assert store.startswith("sqlite:///"), "mlflow_run needs a test store in MLFLOW_TRACKING_URI"
+    folder = Path(store[len("sqlite:///"):]).parent
+    return subprocess.run(command, cwd=folder, env=env, text=True, capture_output=True, timeout=timeout)
+
+
+_CACHES = (".venv/", ".pytest_cache/", ".hypothesis/", "__pycache__/")
+
+
+def project_files() -> list[str] | None:
+    """`git status` of the project, ignored files included, less virtual environment and caches; None
+    outside a git checkout."""
+    done = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
+                          text=True, capture_output=True)
+    if done.returncode != 0:
+        return None
+    return sorted(line for line in done.stdout.splitlines() if not any(cache in line for cache in _CACHES))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_tree_unchanged():
+    """The suite writes nothing into the project folder: stores, artifacts and data live in temporary folders."""
+    before = project_files()
+    yield
+    after = project_files()
+    assert after == before, f"the tests changed the project folder: {sorted(set(after) ^ set(before))}"
 
 
 @pytest.fixture(scope="session")

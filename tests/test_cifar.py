@@ -115,7 +115,21 @@ def test_missing_data_under_mlflow_run_leaves_no_run_running(tracking):
     done = mlflow_run("cifar", "data_dir=/nonexistent", "download=false", experiment=experiment)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "error: no CIFAR-10 in /nonexistent" in done.stderr
-    assert [run.info.status for run in runs_of(tracking, experiment)] == ["FAILED"]
+    (run,) = runs_of(tracking, experiment)
+    assert run.info.status == "FAILED"  # and the UI says why:
+    assert run.data.tags["error"].startswith("no CIFAR-10 in /nonexistent")
+    assert run.data.tags["mlflow.note.content"] == f"**Failed:** {run.data.tags['error']}"
+
+
+def test_mlflow_run_resume_with_nothing_to_resume_is_exit_2(tracking):
+    experiment = new_experiment()
+    done = mlflow_run("cifar", "resume=true", "model=tiny_cnn", f"data_dir={SHARED_SUBSET}", "epochs=1",
+                      experiment=experiment)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "error: resume: `mlflow run` started a new run, which has nothing to resume" in done.stderr
+    (run,) = runs_of(tracking, experiment)
+    assert run.info.status == "FAILED" and run.data.tags["error"].startswith("resume: `mlflow run` started")
+    assert "train_loss" not in run.data.metrics
 
 
 def _wait_for(condition, timeout_s: float = 30.0) -> None:
@@ -211,3 +225,38 @@ def test_compile_wraps_the_same_parameters_and_checkpoints_stay_plain():
     assert trainer.forward is not None and trainer.member().model is trainer.forward
     assert [p.data_ptr() for p in trainer.forward.parameters()] == [p.data_ptr() for p in trainer.model.parameters()]
     assert not any(key.startswith("_orig_mod") for key in trainer.model.state_dict())
+
+
+@pytest.mark.parametrize("images,batch,batches,trained", [(33, 32, 1, 32), (34, 32, 2, 34), (64, 32, 2, 64),
+                                                          (3, 2, 1, 2), (2, 32, 1, 2)])
+def test_training_drops_only_a_last_batch_of_one_image(images, batch, batches, trained):
+    from pipeline.data import CifarLoader
+
+    pixels = np.zeros((images, 32, 32, 3), np.uint8)
+    loader = CifarLoader(pixels, np.zeros(images), batch, train=True)
+    sizes = [len(labels) for _, labels in loader]
+    assert len(loader) == len(sizes) == batches and sum(sizes) == loader.images_per_epoch == trained
+    evaluation = CifarLoader(pixels, np.zeros(images), batch, train=False)
+    assert sum(len(labels) for _, labels in evaluation) == images  # evaluation sees every image
+
+
+def test_one_training_image_is_a_usage_error(tracking, capsys):
+    from pipeline import cli
+
+    assert cli.main(["cifar", *QUICK, "--train_limit", "1", "--experiment", new_experiment()]) == 2
+    assert capsys.readouterr().err.startswith("error: 1 training image(s): training needs at least 2")
+
+
+def test_any_limits_train_and_the_model_takes_any_batch_size(tracking):
+    from pipeline import cli
+
+    experiment = new_experiment()  # a last batch of 1 used to crash BatchNorm; val_limit=1 fixed the batch to 1
+    argv = ["cifar", *QUICK[2:], "--model", "resnet18_imagenet", "--train_limit", "33", "--batch_size", "32",
+            "--val_limit", "1", "--epochs", "1", "--experiment", experiment]
+    assert cli.main(argv) == 0
+    (run,) = runs_of(tracking, experiment)
+    assert run.data.params["train_images"] == "33" and run.data.params["train_images_per_epoch"] == "32"
+    assert run.data.metrics["throughput"] > 0
+    predict = mlflow.pyfunc.load_model(run.data.tags["model_uri"]).predict
+    for count in (1, 3, 7):
+        assert np.asarray(predict(np.zeros((count, 3, 32, 32), np.float32))).shape == (count, 10)

@@ -2,6 +2,7 @@
 2 (bad input) or 3 (diverged), never 1 (a crash); a failure is one line on stderr, without a traceback; and no
 value is ever run as code or as a shell command (nothing appears in the working folder)."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import mlflow
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from conftest import REPO, SHARED_SUBSET
+from conftest import REPO, SHARED_SUBSET, new_experiment, runs_of
+from pipeline import cli
 
 # Code, shell and format injection, path tricks, odd unicode, and numbers at and past every limit.
 PAYLOADS = ["__import__('os').system('touch PWNED')", "$(touch PWNED)", "`touch PWNED`", "; touch PWNED",
@@ -71,3 +73,45 @@ def test_hostile_params_never_crash_the_process_or_run_as_code(case, store, tmp_
         assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
     assert list(folder.iterdir()) == []  # no PWNED, nor anything else
     assert not any((place / "PWNED").exists() for place in (REPO, folder.parent, folder.parent.parent))
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_run_is_killed(tracking, tmp_path):
+    experiment = new_experiment()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "cifar", *FIXED["cifar"][:-1], "false", "--epochs", "200",
+         "--train_limit", "256", "--experiment", experiment],
+        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    for line in process.stdout:
+        if "epoch 2/200:" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if " INFO " not in line]  # MLflow's own log lines
+    assert lines == ["interrupted: open runs are marked KILLED"], err
+    (run,) = runs_of(tracking, experiment)
+    assert run.info.status == "KILLED"
+
+
+def test_a_store_that_cannot_be_written_is_one_line_naming_the_path(tracking, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    experiment = new_experiment()
+    tracking.create_experiment(experiment, artifact_location=str(blocker / "artifacts"))
+    assert cli.main(["toy", "--steps", "3", "--experiment", experiment]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot write {blocker}"), err
+    (run,) = runs_of(tracking, experiment)
+    assert run.info.status == "FAILED" and "NotADirectoryError" in run.data.tags["error"]
+
+
+def test_a_tracking_database_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "toy", "--steps", "3"], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{blocker}/m.db"},
+                          timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(blocker) in errors[0], done.stderr

@@ -123,3 +123,12 @@ def test_cifar_sweep_as_in_the_issue(tracking, cifar_sweep):
     assert parents[0].data.tags["champion_run_id"] == best.info.run_id
     version = mlflow.MlflowClient().get_model_version_by_alias(model_name, "champion")
     assert version.run_id == best.info.run_id
+
+
+def test_the_parent_records_which_children_got_a_setting_only_some_take():
+    from pipeline.config import build_compare
+    from pipeline.sweep import shared_params
+
+    params = shared_params(build_compare({"optimizers": "sgd,adam,nesterov", "momentum": "0.5"}))
+    assert params["momentum_applies_to"] == "sgd,nesterov" and "momentum" not in params
+    assert "lr_applies_to" not in shared_params(build_compare({"optimizers": "sgd,adam", "lr": "0.1"}))

@@ -1,11 +1,12 @@
 """Config: params.yaml holds every default and validates; overrides are typed and checked up front."""
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import CONFIGS, PARAMS_FILE, build_config, parse_point
+from pipeline.config import CONFIGS, PARAMS_FILE, build_compare, build_config, parse_point
 from pipeline.errors import UsageError
 
 
@@ -93,6 +94,50 @@ def test_a_broken_params_file_is_reported(tmp_path):
     params.write_text("toy:\n  optimizer: adam\n")
     with pytest.raises(UsageError, match="lacks toy.experiment"):
         build_config("toy", params_file=params)
+
+
+PARAMS_TEXT = Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("toy: [1, 2\n", "not valid YAML at line 2"),
+    ("toy:\n  optimizer: adam\n   steps: 3\n", "not valid YAML at line 3"),
+    ("- a list\n- not a mapping\n", "section 'toy' must be a mapping of param: value, got list"),
+    ("toy: adam\n", "section 'toy' must be a mapping of param: value, got str"),
+    ("other:\n  x: 1\n", "section 'toy' must be a mapping of param: value, got NoneType"),
+    ("", "section 'toy' must be a mapping of param: value, got NoneType"),
+    (PARAMS_TEXT.replace("  steps: 500", "  stpes: 500"), "unknown param 'stpes' for toy (did you mean 'steps'?)"),
+    (PARAMS_TEXT.replace("  steps: 500", "  steps: many"), "steps: expected an integer, got 'many'"),
+])
+def test_a_malformed_params_file_is_one_line_naming_the_problem(tmp_path, text, message):
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    with pytest.raises(UsageError) as caught:
+        build_config("toy", params_file=params)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_params_file_that_is_not_text_is_one_line(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_bytes(bytes(range(256)))
+    with pytest.raises(UsageError, match="params.yaml"):
+        build_config("toy", params_file=params)
+
+
+def test_names_the_tracking_store_would_refuse_are_refused_up_front():
+    with pytest.raises(UsageError, match="at most 256 characters"):
+        build_config("toy", {"experiment": "e" * 257})
+    assert build_config("toy", {"experiment": "e" * 256}).experiment == "e" * 256
+    with pytest.raises(UsageError, match="data_dir: expected at most 1000 characters"):
+        build_config("cifar", {"data_dir": "d" * 1001})
+
+
+def test_a_sweep_setting_no_listed_optimizer_takes_is_refused_not_dropped():
+    with pytest.raises(UsageError, match="momentum: none of adam, adamw takes it; it is for sgd, momentum"):
+        build_compare({"optimizers": "adam,adamw", "momentum": "0.5"})
+    sweep = build_compare({"optimizers": "sgd,adam", "momentum": "0.5"})
+    assert [child.momentum for child in sweep.children] == [0.5, None]
+    assert build_compare({"optimizers": "adam,adamw", "momentum": "default"}).children[0].momentum is None
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
