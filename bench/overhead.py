@@ -51,18 +51,18 @@ def timed_fit(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, mode:
     end); starting the run is left out (a once-per-run cost, reported separately).
     """
     trainer = build_trainer(cfg, build_loaders(cfg, arrays, device), device)
-    args = (trainer.model, trainer.optimizer, trainer.scheduler, trainer.train_batches, trainer.val_batches,
-            cfg.epochs, trainer.precision, cfg.target_acc)
+    args = ([trainer.member()], trainer.train_batches, trainer.val_batches, cfg.epochs, trainer.precision,
+            cfg.target_acc)
     if mode == OFF:
         began = time.perf_counter()
-        fit(*args, lambda *_: None, show_progress=False)
+        fit(*args, [lambda *_: None], show_progress=False)
         return time.perf_counter() - began
     with contextlib.redirect_stdout(io.StringIO()):  # cifar's epoch lines and MLflow's "View run" links
-        with tracking.tracked_run(cfg.experiment, "bench-overhead", {"task": "bench"},
-                                  system_metrics=cfg.system_metrics) as run:
-            run_log = RunLog(cfg, run.run_id, trainer, scratch) if mode == ON else None
+        with tracking.open_run(cfg.experiment, "bench-overhead", {"task": "bench"},
+                               system_metrics=cfg.system_metrics) as run:
+            run_log = RunLog(cfg, run, trainer, scratch) if mode == ON else None
             began = time.perf_counter()
-            fit(*args, run_log.on_epoch if run_log else lambda *_: None, show_progress=False)
+            fit(*args, [run_log.on_epoch if run_log else lambda *_: None], show_progress=False)
             delivered = run_log.close() if run_log else True
             seconds = time.perf_counter() - began
     if not delivered:
@@ -85,8 +85,8 @@ def run_start_seconds(cfg: CifarConfig) -> float:
     """Seconds to start and end an empty run on the server: paid once per run, not per epoch."""
     began = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        with tracking.tracked_run(cfg.experiment, "bench-empty", {"task": "bench"},
-                                  system_metrics=cfg.system_metrics):
+        with tracking.open_run(cfg.experiment, "bench-empty", {"task": "bench"},
+                               system_metrics=cfg.system_metrics):
             pass
     return time.perf_counter() - began
 
@@ -168,7 +168,7 @@ def _row(case: Case, seconds: dict[str, list[float]], start_s: float, images: in
     median = statistics.median(b / a for a, b in zip(off, on))
     per_epoch_ms = 1000 * (min(on) - min(off)) / case.epochs
     notes = (f"{case.model}, {images} train images, batch 32, {case.epochs} epochs (train + eval), local `mlflow "
-             f"server` (SQLite, proxied artifacts); per epoch, as pipeline.cifar.RunLog does it with params.yaml's "
+             f"server` (SQLite, proxied artifacts); per epoch, as pipeline.runlog.RunLog does it with params.yaml's "
              f"defaults: metrics sent by its background outbox, system metrics every 10 s, a checkpoint once 60 s "
              f"have passed; best of {len(on)} rounds, alternating (median of the rounds' ratios: {median:.3f}x)",
              f"overhead {100 * (ratio - 1):+.1f}% = {per_epoch_ms:.0f} ms per epoch against "

@@ -5,7 +5,6 @@ Exit codes: 0 success, 1 internal error, 2 bad input (one line on stderr), 3 tra
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from typing import Sequence
 
@@ -13,9 +12,9 @@ from pipeline.config import PARAMS_FILE, build_compare, build_config
 from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 
 # entry point -> (module, function) run with the validated config; imported only after validation
-ENTRIES = {"toy": ("pipeline.toy", "run_toy"), "cifar": ("pipeline.cifar", "run_cifar"),
-           "compare": ("pipeline.sweep", "run_compare"), "predict": ("pipeline.predict", "run_predict")}
-RUNNERS = {"demo": ("pipeline.demo", "run_demo", ("data_dir",))}  # commands without a params.yaml section
+# entry point -> module whose main(config) runs it; imported only after the params are validated
+ENTRIES = {"toy": "pipeline.toy", "cifar": "pipeline.cifar", "compare": "pipeline.compare", "predict": "pipeline.predict"}
+RUNNERS = {"demo": ("pipeline.demo", ("data_dir",))}  # commands without a params.yaml section
 LISTINGS = ("optimizers", "functions")
 
 USAGE = ("usage: python -m pipeline {" + ",".join([*ENTRIES, *RUNNERS, *LISTINGS]) + "} [--param value ...]\n"
@@ -87,19 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def refuse(message: str) -> int:
     """One line on stderr, written on the run `mlflow run` made for us too (if any); exit code 2."""
     print(f"error: {message}", file=sys.stderr)
-    if os.environ.get("MLFLOW_RUN_ID"):
-        from pipeline.tracking import record_refusal
+    from pipeline.tracking.launcher import record_refusal  # loads no mlflow unless there is a run to tell
 
-        record_refusal(message)
+    record_refusal(message)
     return EXIT_USAGE
 
 
 def store_problem(error: Exception) -> str | None:
     """One line for an error of the tracking or artifact store (unwritable folder, full disk, a server that
     refuses), None for anything else (a bug: its traceback is wanted)."""
-    if "pipeline.tracking" not in sys.modules:  # nothing reached the store yet
+    if "pipeline.tracking.server" not in sys.modules:  # nothing reached the store yet
         return None
-    from pipeline.tracking import is_store_error, one_line, tracking_uri
+    from pipeline.tracking.server import is_store_error, one_line, tracking_uri
 
     if not is_store_error(error):
         return None
@@ -112,12 +110,16 @@ def store_problem(error: Exception) -> str | None:
 def dispatch(command: str, rest: list[str]) -> int:
     """Run one command with its `--key value` params."""
     if command in RUNNERS:
-        module, function, accepted = RUNNERS[command]
+        module, accepted = RUNNERS[command]
         options = parse_overrides(rest)
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise UsageError(f"unknown param {unknown[0]!r} for {command}; valid: {', '.join(accepted)}")
-        return getattr(importlib.import_module(module), function)(**options)
+        runner = importlib.import_module(module).main
+        from pipeline.tracking.server import check_server
+
+        check_server()
+        return runner(**options)
     if command in LISTINGS:
         print(listing(command))
         return EXIT_OK
@@ -129,8 +131,7 @@ def dispatch(command: str, rest: list[str]) -> int:
         return EXIT_OK
     overrides = parse_overrides(rest)
     config = build_compare(overrides) if command == "compare" else build_config(command, overrides)
-    module, function = ENTRIES[command]
-    runner = getattr(importlib.import_module(module), function)
-    from pipeline.tracking import check_server  # loaded by the entry module already
+    runner = importlib.import_module(ENTRIES[command]).main
+    from pipeline.tracking.server import check_server  # the edge: the one check of the server
     check_server()  # a server that is down or refuses our login: one line before any work or lookup
     return runner(config)

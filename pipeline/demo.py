@@ -6,7 +6,7 @@ import torch
 from pipeline import tracking
 from pipeline.config import build_compare
 from pipeline.errors import EXIT_OK, UsageError
-from pipeline.sweep import sweep
+from pipeline.compare import sweep
 
 # Every registered optimizer on Rosenbrock's curved valley, with one shared step size.
 TOY = {"task": "toy", "function": "rosenbrock", "lr": "0.002", "steps": "1000"}
@@ -24,7 +24,7 @@ def where_to_look(experiment: str) -> str:
             "tick the child runs and press Compare.")
 
 
-def run_demo(data_dir: str | None = None) -> int:
+def main(data_dir: str | None = None) -> int:
     """Run the toy sweep, then the CIFAR sweep (skipped with one line when no data can be had)."""
     summaries = []
     toy = build_compare(TOY)

@@ -8,7 +8,8 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import PredictConfig, as_params
-from pipeline.data import CIFAR_CLASSES, ImageSet, read_images, to_tensor_normalized
+from pipeline.data import CIFAR_CLASSES, to_tensor_normalized
+from pipeline.images import ImageSet, read_images
 from pipeline.errors import EXIT_OK
 
 
@@ -33,7 +34,7 @@ def predictions_csv(items: ImageSet, probs: np.ndarray) -> str:
     return buffer.getvalue()
 
 
-def run_predict(cfg: PredictConfig) -> int:
+def main(cfg: PredictConfig) -> int:
     """Read the images and the model (errors before any run starts), predict, print a line per image, log."""
     items = read_images(cfg.input)
     predict = tracking.load_predictor(cfg.model_uri)
@@ -42,11 +43,11 @@ def run_predict(cfg: PredictConfig) -> int:
         print(f"{name}\t{CIFAR_CLASSES[int(row.argmax())]}\t{row.max():.4f}")
     known = items.labels >= 0
     accuracy = float((probs.argmax(1)[known] == items.labels[known]).mean()) if known.any() else None
-    with tracking.tracked_run(cfg.experiment, "predict", {"task": "predict", "model_uri": cfg.model_uri}) as run:
-        tracking.log_params(run.run_id, {**as_params(cfg), "images": str(len(items.names))})
-        tracking.log_text(run.run_id, predictions_csv(items, probs), "predictions.csv")
+    with tracking.open_run(cfg.experiment, "predict", {"task": "predict", "model_uri": cfg.model_uri}) as run:
+        run.log_params({**as_params(cfg), "images": str(len(items.names))})
+        run.log_text(predictions_csv(items, probs), "predictions.csv")
         if accuracy is not None:
-            tracking.log_metrics_now(run.run_id, {"accuracy": accuracy}, step=0)
+            run.log_metrics({"accuracy": accuracy}, step=0)
     if accuracy is not None:
         print(f"accuracy {accuracy:.2%} on {int(known.sum())} labelled images (run {run.run_id})")
     return EXIT_OK

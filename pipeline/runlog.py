@@ -9,17 +9,19 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from pipeline import plots, tracking
+from pipeline import plots
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import CifarConfig
 from pipeline.data import CIFAR_CLASSES, CifarArrays, normalize
 from pipeline.errors import EXIT_ARTIFACTS, EXIT_DIVERGED, EXIT_OK
+from pipeline.logger import RunLogger
 from pipeline.outbox import Outbox
+from pipeline.tracking.server import is_permanent, is_store_error, one_line
 from pipeline.train import FitState
 
 SEND_EVERY_S = 5.0  # short epochs share one request: each costs the training ~20 ms of CPU on a local server
@@ -49,11 +51,11 @@ def model_example(arrays: CifarArrays) -> np.ndarray:
     return normalize(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
 
 
-def _upload_and_remove(run_id: str, checkpoint: Path) -> None:
+def _upload_and_remove(run: RunLogger, checkpoint: Path) -> None:
     """Log an epoch's checkpoint as checkpoints/last.pt, then free its local copy (a ResNet18 + Adam one is
     about 135 MB)."""
     try:
-        tracking.log_file(run_id, checkpoint, "checkpoints")
+        run.log_file(checkpoint, "checkpoints")
     finally:
         shutil.rmtree(checkpoint.parent, ignore_errors=True)
 
@@ -62,23 +64,23 @@ class RunLog:
     """Everything one cifar run writes to its MLflow run. Metrics and uploads go through separate background
     senders, so a checkpoint the store cannot take never holds back the metrics."""
 
-    def __init__(self, cfg: CifarConfig, run_id: str, trainer: Any, folder: Path) -> None:
-        self.cfg, self.run_id, self.trainer, self.folder = cfg, run_id, trainer, folder
+    def __init__(self, cfg: CifarConfig, run: RunLogger, trainer: Any, folder: Path,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg, self.run, self.trainer, self.folder, self.clock = cfg, run, trainer, folder, clock
         self.confusion: np.ndarray | None = None
         self.target_logged = False
         self.logged_through = 0  # epochs whose metrics the store already holds (a resumed run has some)
-        self.last_checkpoint = time.monotonic()
+        self.last_checkpoint = clock()
         self.pending: list[tuple[int, int, dict[str, float]]] = []  # (epoch, time in ms, metrics) not sent yet
         self.last_sent: float | None = None  # the first epoch is sent at once, later ones every SEND_EVERY_S
-        self.metrics = Outbox("optlab-metrics", tracking.is_permanent)
-        self.uploads = Outbox("optlab-uploads", tracking.is_permanent)
+        self.metrics = Outbox("optlab-metrics", is_permanent)
+        self.uploads = Outbox("optlab-uploads", is_permanent)
         self.checkpoint_error = ""  # set when the store refused a checkpoint: later ones are not attempted
         self.artifacts_failed = False  # the final artifacts (curves, tables, model) could not be stored
 
-    def resuming(self) -> None:
+    def resuming(self, logged_through: int, target_logged: bool) -> None:
         """Continue a run the store already has: epochs it holds are trained again but not logged twice."""
-        self.logged_through = tracking.last_step(self.run_id, "train_loss")
-        self.target_logged = tracking.last_step(self.run_id, "time_to_target") > 0
+        self.logged_through, self.target_logged = logged_through, target_logged
 
     def restored(self, state: FitState) -> None:
         """A checkpoint was restored: log the epochs it holds that the store lacks (sent before a crash)."""
@@ -90,11 +92,10 @@ class RunLog:
 
     def begin(self, params: dict[str, str], arrays: CifarArrays) -> None:
         """Params, the resolved config and the data used."""
-        tracking.log_params(self.run_id, params)
-        tracking.log_dict(self.run_id, {**dataclasses.asdict(self.cfg), "resolved": params}, "config.json")
+        self.run.log_params(params)
+        self.run.log_dict({**dataclasses.asdict(self.cfg), "resolved": params}, "config.json")
         for split, x, y in (("train", arrays.train_x, arrays.train_y), ("test", arrays.test_x, arrays.test_y)):
-            tracking.log_dataset(self.run_id, f"cifar10-{split}", x, y, arrays.source, f"{arrays.digest()}-{split}",
-                                 split)
+            self.run.log_dataset(f"cifar10-{split}", x, y, arrays.source, f"{arrays.digest}-{split}", split)
 
     def on_epoch(self, epoch: int, metrics: dict[str, float], confusion: torch.Tensor, state: FitState) -> None:
         """The fit() callback: metrics (sent in the background), a console line and the checkpoint."""
@@ -104,11 +105,11 @@ class RunLog:
         if epoch > self.logged_through:
             self.pending.append((epoch, int(time.time() * 1000), logged))
         print(f"{self.cfg.optimizer} {epoch_line(epoch, self.cfg.epochs, metrics)}", flush=True)
-        checkpoint_due = time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_every_s
-        if checkpoint_due or self.last_sent is None or time.monotonic() - self.last_sent >= SEND_EVERY_S:
+        checkpoint_due = self.clock() - self.last_checkpoint >= self.cfg.checkpoint_every_s
+        if checkpoint_due or self.last_sent is None or self.clock() - self.last_sent >= SEND_EVERY_S:
             self._send()
         if checkpoint_due and not self.checkpoint_error:
-            self.last_checkpoint = time.monotonic()  # a big model's save takes a while: count from its start
+            self.last_checkpoint = self.clock()  # a big model's save takes a while: count from its start
             self._checkpoint(epoch, state)
         self.confusion = confusion.numpy()
 
@@ -117,22 +118,21 @@ class RunLog:
         trainer = self.trainer
         path = save_checkpoint(self.folder / f"epoch-{epoch}", trainer.model, trainer.optimizer, trainer.scheduler,
                                trainer.train_batches, state)
-        run_id = self.run_id
-        self.uploads.submit(f"the epoch {epoch} checkpoint", lambda: _upload_and_remove(run_id, path),
+        self.uploads.submit(f"the epoch {epoch} checkpoint", lambda: _upload_and_remove(self.run, path),
                             on_give_up=self._checkpoint_refused)
 
     def _checkpoint_refused(self, error: BaseException) -> None:
         """The store refused a checkpoint for good: say so on the run now, and stop saving them."""
-        self.checkpoint_error = tracking.one_line(error)
-        tracking.set_tags(self.run_id, {"checkpoint_failed": "true", "checkpoint_error": self.checkpoint_error})
+        self.checkpoint_error = one_line(error)
+        self.run.set_tags({"checkpoint_failed": "true", "checkpoint_error": self.checkpoint_error})
 
     def _send(self) -> None:
         """Queue the metrics of the epochs not sent yet, as one request."""
         if not self.pending:
             return
-        batch, self.pending, run_id = self.pending, [], self.run_id
-        self.metrics.submit(f"epoch {batch[0][0]}-{batch[-1][0]} metrics", lambda: tracking.log_steps(run_id, batch))
-        self.last_sent = time.monotonic()
+        batch, self.pending = self.pending, []
+        self.metrics.submit(f"epoch {batch[0][0]}-{batch[-1][0]} metrics", lambda: self.run.log_steps(batch))
+        self.last_sent = self.clock()
 
     def close(self) -> bool:
         """Send what is pending and wait for both senders; True when every metric was delivered."""
@@ -142,20 +142,20 @@ class RunLog:
 
     def finish(self, state: FitState, arrays: CifarArrays) -> int:
         """Outcome tags, curves, final-epoch tables and the model; returns the exit code."""
-        cfg, run_id = self.cfg, self.run_id
+        cfg, run_id = self.cfg, self.run.run_id
         if not self.close():
             print(f"warning: some epoch metrics of run {run_id} could not be delivered", file=sys.stderr)
         if state.diverged:
             self._store_artifacts(state, arrays, final=False)
-            tracking.set_tags(run_id, {"diverged": "true"})
+            self.run.set_tags({"diverged": "true"})
             print(f"error: {cfg.optimizer} diverged ({state.diverged}); try a smaller lr. Run {run_id} is marked "
                   "FAILED.", file=sys.stderr)
             return EXIT_DIVERGED
         reached = str(state.time_to_target is not None).lower()
-        tracking.set_tags(run_id, {"diverged": "false", "target_reached": reached})
+        self.run.set_tags({"diverged": "false", "target_reached": reached})
         problem = self._store_artifacts(state, arrays, final=True)
         if problem:
-            tracking.note_error(run_id, problem, {"artifacts_failed": "true"} if self.artifacts_failed else {})
+            self.run.note_error(problem, {"artifacts_failed": "true"} if self.artifacts_failed else {})
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_ARTIFACTS
         print(f"{cfg.optimizer} + {cfg.model}: best val_acc {state.best_val_acc:.2%} after {state.epoch} epochs "
@@ -168,34 +168,32 @@ class RunLog:
             if state.history:  # drawn once here, not every epoch: it was most of the logging cost
                 figure = plots.curves_figure({self.cfg.optimizer: state.history},
                                              f"{self.cfg.model} + {self.cfg.optimizer}")
-                tracking.log_figure(self.run_id, figure, "plots/curves.png")
+                self.run.log_figure(figure, "plots/curves.png")
             if final and self.confusion is not None:
                 self._log_tables(self.confusion)
                 if self.cfg.log_model:
                     self._log_model(arrays)
         except Exception as error:  # noqa: BLE001 - a store that refuses or is down: report it, not crash
-            if not tracking.is_store_error(error):
+            if not is_store_error(error):
                 raise
             self.artifacts_failed = True
-            return (f"run {self.run_id} trained, and its metrics are stored, but its artifacts could not be "
-                    f"({tracking.one_line(error)})")
+            return (f"run {self.run.run_id} trained, and its metrics are stored, but its artifacts could not be "
+                    f"({one_line(error)})")
         if self.checkpoint_error:
-            return (f"run {self.run_id} trained, but the store refused its checkpoints ({self.checkpoint_error}); "
+            return (f"run {self.run.run_id} trained, but the store refused its checkpoints ({self.checkpoint_error}); "
                     "it cannot be resumed")
         return ""
 
     def _log_model(self, arrays: CifarArrays) -> None:
         cfg = self.cfg
         model = self.trainer.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
-        uri = tracking.log_pytorch_model(self.run_id, model, model_example(arrays),
-                                         cfg.model_name if cfg.register else None)
-        tracking.set_tags(self.run_id, {"model_uri": uri})
+        uri = self.run.log_model(model, model_example(arrays), cfg.model_name if cfg.register else None)
+        self.run.set_tags({"model_uri": uri})
 
     def _log_tables(self, confusion: np.ndarray) -> None:
         title = f"{self.cfg.model} + {self.cfg.optimizer}: final epoch"
-        tracking.log_figure(self.run_id, plots.confusion_figure(confusion, CIFAR_CLASSES, title),
-                            "plots/confusion_matrix.png")
+        self.run.log_figure(plots.confusion_figure(confusion, CIFAR_CLASSES, title), "plots/confusion_matrix.png")
         buffer = io.StringIO()
         np.savetxt(buffer, confusion, fmt="%d", delimiter=",", header=",".join(CIFAR_CLASSES), comments="")
-        tracking.log_text(self.run_id, buffer.getvalue(), "confusion_matrix.csv")
-        tracking.log_text(self.run_id, per_class_csv(confusion), "per_class_accuracy.csv")
+        self.run.log_text(buffer.getvalue(), "confusion_matrix.csv")
+        self.run.log_text(per_class_csv(confusion), "per_class_accuracy.csv")

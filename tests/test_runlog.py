@@ -1,5 +1,6 @@
 """A cifar run's logging when the store misbehaves: a checkpoint the artifact store refuses for good never holds
 back the metrics, is retried a bounded number of times, reported once, tagged, and the exit code says so."""
+import io
 import os
 import subprocess
 import sys
@@ -8,8 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, SHARED_SUBSET, metric_history, new_experiment
+from pipeline.cifar import build_loaders, build_trainer
+from pipeline.config import build_config
+from pipeline.data import load_cifar10
+from pipeline.logger import MemoryLogger
+from pipeline.runlog import RunLog
+from pipeline.train import FitState
 
 pytestmark = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
 
@@ -46,3 +54,55 @@ def test_a_refused_checkpoint_never_holds_back_the_metrics(tracking, tmp_path):
     assert (artifacts / "plots" / "curves.png").is_file() and "model_uri" in run.data.tags  # the rest was stored
     assert seconds < 120  # a bound on a hang (it was 10 minutes), not a speed test
     assert not any(Path(tmp).name.startswith("optlab-") for tmp in os.listdir(tmp_path))
+
+
+class FakeClock:
+    """Seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _epoch(log: RunLog, clock: FakeClock, at: float, epoch: int, state: FitState) -> None:
+    clock.now = at
+    metrics = {"train_loss": 2.0 / epoch, "train_acc": 0.1 * epoch, "val_loss": 2.1 / epoch, "val_acc": 0.1 * epoch,
+               "epoch_time": 1.0, "throughput": 100.0, "lr": 0.01, "best_val_acc": 0.1 * epoch}
+    state.epoch = epoch
+    log.on_epoch(epoch, metrics, torch.zeros(10, 10, dtype=torch.long), state)
+
+
+def test_epoch_metrics_share_one_request_per_5_seconds_with_a_fake_clock(tmp_path):
+    cfg = build_config("cifar", {"checkpoint_every_s": "1000", "epochs": "6"})
+    clock, logger, state = FakeClock(), MemoryLogger(), FitState()
+    log = RunLog(cfg, logger, trainer=None, folder=tmp_path, clock=clock)
+    for epoch, at in enumerate((0.0, 1.0, 2.0, 4.9), start=1):  # the first at once, then nothing before 5 s
+        _epoch(log, clock, at, epoch, state)
+    assert log.metrics.flush(timeout_s=10)
+    assert logger.calls.count("log_steps") == 1 and [s for s, _ in logger.metrics["train_loss"]] == [1]
+    _epoch(log, clock, 5.0, 5, state)  # 5 s after the first request: epochs 2-5 go in one
+    state.time_to_target = 6.5
+    _epoch(log, clock, 6.0, 6, state)
+    assert log.close()
+    assert logger.calls.count("log_steps") == 3  # epoch 1; epochs 2-5; epoch 6 when the log closed
+    assert [step for step, _ in logger.metrics["train_loss"]] == [1, 2, 3, 4, 5, 6]
+    assert logger.metrics["time_to_target"] == [(6, 6.5)]  # once, at the epoch that reached the target
+
+
+def test_a_due_checkpoint_sends_the_pending_metrics_first(tmp_path):
+    cfg = build_config("cifar", {"checkpoint_every_s": "3", "model": "tiny_cnn", "data_dir": str(SHARED_SUBSET),
+                                 "train_limit": "64", "val_limit": "32"})
+    arrays = load_cifar10(SHARED_SUBSET, download=False, train_limit=64, val_limit=32)
+    trainer = build_trainer(cfg, build_loaders(cfg, arrays, torch.device("cpu")), torch.device("cpu"))
+    clock, logger, state = FakeClock(), MemoryLogger(), FitState()
+    log = RunLog(cfg, logger, trainer, tmp_path, clock=clock)
+    _epoch(log, clock, 0.0, 1, state)
+    _epoch(log, clock, 1.0, 2, state)  # pending: neither 5 s since the last request nor a checkpoint due
+    _epoch(log, clock, 3.0, 3, state)  # a checkpoint is due: epochs 2-3 are sent before it is saved
+    assert log.close()
+    assert logger.calls.count("log_steps") == 2 and logger.calls.count("log_file") == 1
+    assert logger.calls.index("log_file") > logger.calls.index("log_steps")
+    saved = torch.load(io.BytesIO(logger.artifacts["checkpoints/last.pt"]), weights_only=True)
+    assert saved["state"]["epoch"] == 3

@@ -1,0 +1,227 @@
+"""A run is an object: `open_run(...)` starts one (top level or nested, new or continued) and hands back a
+`Run` whose methods log to it; the run ends FINISHED, FAILED (an error, or `fail()`) or KILLED (Ctrl-C) with
+its block. Several can be open at once (lockstep children), each logging from any thread."""
+from __future__ import annotations
+
+import os
+import re
+import time
+import warnings
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import unquote
+
+import mlflow
+import mlflow.data
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from pipeline.errors import UsageError
+from pipeline.tracking.launcher import handed_run_id, take_handed_run_id
+from pipeline.tracking.server import connect, is_store_error, one_line, refusals_as_usage_errors
+
+_BATCH = 1000  # MLflow accepts at most 1000 metrics in one log_batch call
+FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
+Step = tuple[int, int, Mapping[str, float]]  # (step, time in ms, {key: value})
+
+
+class Run:
+    """One MLflow run: its id, the status it will end with, and everything that logs to it."""
+
+    def __init__(self, client: mlflow.MlflowClient, run_id: str, experiment_id: str) -> None:
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.status = FINISHED
+
+    def fail(self, message: str = "") -> None:
+        """End the run FAILED without raising (e.g. it diverged); `message` is written on it as the reason."""
+        self.status = FAILED
+        if message:
+            self.note_error(message)
+
+    def note_error(self, message: str, tags: Mapping[str, str] | None = None) -> None:
+        """Say on the run why it failed: tag `error` and its description (what the UI shows first). Best
+        effort: a store that is down cannot be told, and the message is printed anyway."""
+        try:
+            self.set_tags({**(tags or {}), "error": message[:5000], "mlflow.note.content": f"**Failed:** {message}"})
+        except Exception as error:  # noqa: BLE001 - reporting a failure must not raise another
+            if not is_store_error(error):
+                raise
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params the run does not have yet (`mlflow run` has already logged the ones given with -P)."""
+        present = self.client.get_run(self.run_id).data.params
+        fresh = [Param(key, str(value)) for key, value in params.items() if key not in present]
+        if fresh:
+            self.client.log_batch(self.run_id, params=fresh)
+
+    def log_steps(self, steps: Sequence[Step]) -> int:
+        """Several steps' metrics in as few calls as MLflow allows; raises on failure (the Outbox retries it).
+        Returns the calls made."""
+        metrics = [Metric(key, float(value), stamp, int(step)) for step, stamp, values in steps
+                   for key, value in values.items()]
+        for begin in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[begin: begin + _BATCH])
+        return -(-len(metrics) // _BATCH)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """One step's metrics, now, in one call."""
+        self.log_steps([(step, int(time.time() * 1000), metrics)])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags on the run, in one call."""
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Save a matplotlib Figure into the run's artifacts."""
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Save text (CSV, Markdown) into the run's artifacts."""
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        """Save a dict as JSON or YAML (by extension) into the run's artifacts."""
+        self.client.log_dict(self.run_id, dict(data), artifact_file)
+
+    def log_file(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a local file into the run's artifacts (under the folder `artifact_path`)."""
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def log_dataset(self, name: str, features: Any, targets: Any, source: str, digest: str, context: str) -> None:
+        """Record which data the run used (name, source folder, shape, digest), as mlflow.log_input does."""
+        with warnings.catch_warnings():  # a local folder matches two equivalent source kinds; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(features, targets=targets, source=str(Path(source).resolve()),
+                                             name=name, digest=digest)
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self.client.log_inputs(self.run_id, datasets=[entity])
+
+    def log_model(self, model: Any, input_example: Any, registered_name: str | None = None) -> str:
+        """Log a torch model as `model` with its signature (from `input_example`), optionally registered under
+        `registered_name`; returns its model URI."""
+        import mlflow.pytorch  # noqa: PLC0415 - torch-specific MLflow code, loaded only when a model is logged
+
+        requirements = [f"{package}=={version(package)}" for package in ("torch", "torchvision", "mlflow", "numpy")]
+        # Created here, in the run's experiment: outside an active run MLflow would file it under the fluent
+        # API's experiment (Default), where runs:/<run_id>/model does not find it.
+        logged = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=self.run_id)
+        info = mlflow.pytorch.log_model(model, name="model", input_example=input_example, run_id=self.run_id,
+                                        model_id=logged.model_id, pip_requirements=requirements,
+                                        registered_model_name=registered_name)
+        return info.model_uri
+
+
+@contextmanager
+def open_run(experiment: str, name: str, tags: Mapping[str, str] | None = None, parent: Run | None = None,
+             run_id: str | None = None, system_metrics: bool = False) -> Iterator[Run]:
+    """Start a run (nested under `parent`, in its experiment), or continue `run_id`, or the run `mlflow run`
+    made for this process; it ends with the block: FINISHED, FAILED (an error, or `fail()`), KILLED (Ctrl-C)."""
+    client = connect()
+    if parent is None:  # consumed here: a nested run must not take `mlflow run`'s run as its own
+        run_id = run_id or take_handed_run_id()
+    with refusals_as_usage_errors(f"start a run in experiment {experiment!r}"):  # e.g. someone else's
+        run = _continue(client, run_id, tags) if run_id else _create(client, experiment, name, tags, parent)
+    monitor = _system_metrics(run.run_id, resumed=bool(run_id)) if system_metrics else None
+    try:
+        yield run
+    except KeyboardInterrupt:
+        run.status = KILLED
+        raise
+    except Exception as error:
+        run.fail(str(error) if isinstance(error, UsageError) else one_line(error))
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+        _terminate(run)
+
+
+def _create(client: mlflow.MlflowClient, experiment: str, name: str, tags: Mapping[str, str] | None,
+            parent: Run | None) -> Run:
+    """A new run, with MLflow's own context tags (source, user, git commit) as `mlflow.start_run` adds them."""
+    experiment_id = parent.experiment_id if parent else experiment_id_for(client, experiment)
+    given = {**(tags or {}), MLFLOW_RUN_NAME: name, **({MLFLOW_PARENT_RUN_ID: parent.run_id} if parent else {})}
+    created = client.create_run(experiment_id, run_name=name, tags=resolve_tags(given))
+    return Run(client, created.info.run_id, experiment_id)
+
+
+def _continue(client: mlflow.MlflowClient, run_id: str, tags: Mapping[str, str] | None) -> Run:
+    """An existing run, RUNNING again, with `tags` set (a resumed run, or the one `mlflow run` made)."""
+    found = client.get_run(run_id)
+    client.update_run(run_id, status="RUNNING")
+    run = Run(client, run_id, found.info.experiment_id)
+    if tags:
+        run.set_tags(tags)
+    return run
+
+
+def _system_metrics(run_id: str, resumed: bool) -> Any:
+    """MLflow's sampler of CPU, memory (and GPU) figures, logging to `run_id` until finished."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # noqa: PLC0415
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed)
+    monitor.start()
+    return monitor
+
+
+def _terminate(run: Run) -> None:
+    """End the run with its status (best effort when the store itself is what failed)."""
+    try:
+        run.client.set_terminated(run.run_id, run.status)
+    except Exception as error:  # noqa: BLE001
+        if not is_store_error(error) or run.status == FINISHED:
+            raise
+
+
+def experiment_id_for(client: mlflow.MlflowClient, experiment: str) -> str:
+    """The experiment runs go to: MLFLOW_EXPERIMENT_ID / _NAME when set (as by `mlflow run`), else `experiment`."""
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    return ensure_experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
+
+
+def ensure_experiment(client: mlflow.MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if missing (artifacts beside a SQLite store, in mlruns/)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    folder = _sqlite_dir(mlflow.get_tracking_uri())
+    location = str(folder / "mlruns" / re.sub(r"[^A-Za-z0-9._-]+", "_", name)) if folder is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        found = client.get_experiment_by_name(name)  # a concurrent run created it first: use theirs
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _sqlite_dir(uri: str) -> Path | None:
+    """The folder of a sqlite:/// store, where its runs' artifacts go too; None for other stores."""
+    prefix = "sqlite:///"  # then a relative path, or an absolute one that starts with one more '/'
+    if not uri.startswith(prefix):
+        return None
+    return Path(unquote(uri[len(prefix):].split("?")[0])).resolve().parent
+
+
+def handed_run_tags() -> dict[str, str] | None:
+    """The tags of the run `mlflow run` handed this process, or None when it handed none."""
+    run_id = handed_run_id()
+    return dict(connect().get_run(run_id).data.tags) if run_id else None
+
+
+def fail_handed_run(message: str) -> None:
+    """End the run `mlflow run` made for this process FAILED, with `message` as its description and tag
+    `error`, so the UI says why. Best effort: the message is printed either way."""
+    run_id = handed_run_id()
+    try:
+        client = connect()
+        run = Run(client, run_id, client.get_run(run_id).info.experiment_id)
+        run.fail(message)
+        _terminate(run)
+    except Exception as error:  # noqa: BLE001
+        if not is_store_error(error):
+            raise

@@ -1,0 +1,107 @@
+"""Questions asked of stored runs and models: a run to resume, a finished one to reuse, a run's history, the
+newest runs of an experiment, an artifact, a model to predict with, a registry alias."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import mlflow
+
+from pipeline.errors import UsageError
+from pipeline.tracking.run import experiment_id_for
+from pipeline.tracking.server import connect, tracking_uri
+
+
+def find_resumable_run(experiment: str, config_hash: str) -> str | None:
+    """The newest run of `experiment` with this config hash that did not finish (crashed, killed, failed), and
+    did not diverge (continuing that would diverge again)."""
+    client = connect()
+    runs = client.search_runs([experiment_id_for(client, experiment)],
+                              filter_string=f"tags.config_hash = '{config_hash}'",
+                              order_by=["attributes.start_time DESC"], max_results=20)
+    unfinished = [run for run in runs if run.info.status != "FINISHED" and run.data.tags.get("diverged") != "true"]
+    return unfinished[0].info.run_id if unfinished else None
+
+
+def find_finished_run(experiment_id: str, config_hash: str, code: str) -> str | None:
+    """The newest run with this config hash and code version that reached an outcome (finished, or failed by
+    diverging, which the same code and config would do again), if any: a sweep reuses it."""
+    runs = connect().search_runs(
+        [experiment_id], filter_string=f"tags.config_hash = '{config_hash}' and tags.code_version = '{code}'",
+        order_by=["attributes.start_time DESC"], max_results=50)
+    for run in runs:
+        if run.info.status == "FINISHED" or run.data.tags.get("diverged") == "true":
+            return run.info.run_id
+    return None
+
+
+def fetch_run(run_id: str, metric_keys: Sequence[str]) -> dict[str, Any]:
+    """A run's status, params, tags and the full history of each of `metric_keys`, as plain data."""
+    client = connect()
+    run = client.get_run(run_id)
+    histories = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in metric_keys}
+    return {"run_id": run_id, "status": run.info.status, "params": dict(run.data.params),
+            "tags": dict(run.data.tags), "metrics": histories, "experiment_id": run.info.experiment_id}
+
+
+def latest_runs(experiment: str, task: str) -> list[str]:
+    """Ids of the newest run per optimizer of `task` in `experiment` (for redrawing a comparison)."""
+    client = connect()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.task = '{task}'",
+                              order_by=["attributes.start_time DESC"], max_results=1000)
+    newest: dict[str, str] = {}
+    for run in runs:
+        newest.setdefault(run.data.params.get("optimizer", run.info.run_id), run.info.run_id)
+    return list(newest.values())
+
+
+def last_step(run_id: str, key: str) -> int:
+    """The highest step at which run `run_id` has logged metric `key`; 0 when it has none."""
+    return max((m.step for m in connect().get_metric_history(run_id, key)), default=0)
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the store has a run with this id."""
+    try:
+        connect().get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def download(run_id: str, artifact_path: str, folder: str | Path) -> Path | None:
+    """A run's artifact copied into `folder`; None when the run has no such artifact."""
+    connect()
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                        dst_path=str(folder)))
+    except (OSError, mlflow.exceptions.MlflowException):
+        return None
+
+
+def load_predictor(model_uri: str) -> Callable[[Any], Any]:
+    """A logged model's predict function (float32 NCHW array -> logits), or a UsageError naming the URI."""
+    import mlflow.pyfunc  # noqa: PLC0415
+
+    connect()
+    try:
+        return mlflow.pyfunc.load_model(model_uri).predict
+    except (mlflow.exceptions.MlflowException, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise UsageError(f"model_uri: cannot load {model_uri!r} from {tracking_uri()} ({reason})") from None
+
+
+def set_alias(model_name: str, run_id: str, alias: str) -> str:
+    """Point `models:/<model_name>@<alias>` at the version holding run `run_id`'s model (registering it if
+    needed); returns that version."""
+    client = connect()
+    versions = [v for v in client.search_model_versions(f"name = '{model_name}'") if v.run_id == run_id]
+    if versions:
+        version = max(versions, key=lambda v: int(v.version)).version
+    else:
+        version = mlflow.register_model(f"runs:/{run_id}/model", model_name).version
+    client.set_registered_model_alias(model_name, alias, version)
+    return str(version)
