@@ -12,13 +12,15 @@ import torch
 
 from pipeline import tracking
 from pipeline.checkpoint import FILE_NAME, restore_checkpoint
-from pipeline.config import CifarConfig, as_params, code_version, config_hash
+from pipeline.config import CifarConfig, logged_params
+from pipeline.provenance import code_version, config_hash
 from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10
 from pipeline.errors import EXIT_OK, UsageError
 from pipeline.models import build_model
-from pipeline.optimizers import build_optimizer, build_scheduler, resolve_hparams
+from pipeline.optimizers import build_optimizer
 from pipeline.runlog import RunLog
-from pipeline.train import FitState, Member, Precision, fit_lockstep
+from pipeline.schedulers import build_scheduler
+from pipeline.train import FitState, Member, Precision, fit
 
 CHECKPOINT = f"checkpoints/{FILE_NAME}"
 
@@ -71,8 +73,7 @@ def build_trainer(cfg: CifarConfig, loaders: tuple[CifarLoader, CifarLoader], de
     precision = Precision(device, bf16=cfg.bf16, channels_last=cfg.channels_last)
     if precision.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), fast=device.type == "cuda", lr=cfg.lr,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer_settings, model.parameters(), fast=device.type == "cuda")
     train, val = loaders
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * len(train))
     forward = torch.compile(model) if cfg.compile else None
@@ -82,15 +83,13 @@ def build_trainer(cfg: CifarConfig, loaders: tuple[CifarLoader, CifarLoader], de
 def start_info(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
                train: CifarLoader) -> tuple[dict, dict]:
     """Params (as used) and tags for a fresh run."""
-    hparams = resolve_hparams(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    params = {**as_params(cfg), **{k: str(v) for k, v in hparams.items()},
-              "train_images": str(len(arrays.train_y)), "val_images": str(len(arrays.test_y)),
+    params = {**logged_params(cfg), "train_images": str(len(arrays.train_y)), "val_images": str(len(arrays.test_y)),
               "train_images_per_epoch": str(train.images_per_epoch)}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     autocast = Precision(device, bf16=cfg.bf16).autocast_bf16
     tags = {"task": "cifar", "config_hash": config_hash(cfg), "code_version": code_version(), "device": name,
             "train_precision": "bf16 autocast" if autocast else "fp32",
-            "data_official": str(arrays.official).lower(), "data_digest": arrays.digest()}
+            "data_official": str(arrays.official).lower(), "data_digest": arrays.digest}
     return params, tags
 
 
@@ -98,7 +97,7 @@ def resume_target(cfg: CifarConfig) -> str | None:
     """The run `resume=true` continues: the one `mlflow run --run-id` names, else the newest unfinished one."""
     if not cfg.resume:
         return None
-    handed = tracking.launcher_run_tags()  # the run `mlflow run` made or was told to continue, if any
+    handed = tracking.handed_run_tags()  # the run `mlflow run` made or was told to continue, if any
     if handed is not None and "config_hash" in handed:
         return None  # mlflow run --run-id <an earlier run of ours>: continued as it is
     found = tracking.find_resumable_run(cfg.experiment, config_hash(cfg))
@@ -113,15 +112,15 @@ def resume_target(cfg: CifarConfig) -> str | None:
     return found
 
 
-def run_cifar(cfg: CifarConfig) -> int:
+def main(cfg: CifarConfig) -> int:
     """The `cifar` entry point: one tracked training run; exit code 3 if the loss diverged."""
     device = resolve_device(cfg.device)
-    return cifar_run(cfg, load_data(cfg), device)[1]
+    return run_cifar(cfg, load_data(cfg), device)[1]
 
 
 def _restore(log: RunLog, trainer: Trainer, run_id: str, scratch: str) -> FitState | None:
     """The progress a resumed run continues from: its checkpoint's, or None to start over."""
-    log.resuming()
+    log.resuming(tracking.last_step(run_id, "train_loss"), tracking.last_step(run_id, "time_to_target") > 0)
     saved = tracking.download(run_id, CHECKPOINT, scratch)
     if saved is None:
         print(f"resuming run {run_id} from its start: it crashed before its first checkpoint")
@@ -133,22 +132,22 @@ def _restore(log: RunLog, trainer: Trainer, run_id: str, scratch: str) -> FitSta
     return state
 
 
-def cifar_run(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
-              parent: tracking.RunHandle | None = None) -> tuple[str, int]:
-    """Train, log every epoch, log the model; returns (run id, exit code)."""
+def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
+              parent: tracking.Run | None = None) -> tuple[str, int]:
+    """Train one optimizer (a new run, or a resumed one), log every epoch and the model; returns (run id,
+    exit code)."""
     run_id = resume_target(cfg) if parent is None else None
     loaders = build_loaders(cfg, arrays, device)
     params, tags = start_info(cfg, arrays, device, loaders[0])
-    with tracking.tracked_run(cfg.experiment, f"{cfg.optimizer}-{cfg.model}", tags, run_id=run_id,
-                              system_metrics=cfg.system_metrics, parent=parent) as run, \
+    with tracking.open_run(cfg.experiment, f"{cfg.optimizer}-{cfg.model}", tags, parent=parent, run_id=run_id,
+                           system_metrics=cfg.system_metrics) as run, \
             tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
         trainer = build_trainer(cfg, loaders, device)
-        log = RunLog(cfg, run.run_id, trainer, Path(scratch))
+        log = RunLog(cfg, run, trainer, Path(scratch))
         log.begin(params, arrays)
         state = _restore(log, trainer, run.run_id, scratch) if cfg.resume else None
-        (state,) = fit_lockstep([trainer.member()], trainer.train_batches,
-                                trainer.val_batches, cfg.epochs, trainer.precision, cfg.target_acc, [log.on_epoch],
-                                [state] if state else None)
+        (state,) = fit([trainer.member()], trainer.train_batches, trainer.val_batches, cfg.epochs,
+                       trainer.precision, cfg.target_acc, [log.on_epoch], [state] if state else None)
         code = log.finish(state, arrays)
         if code != EXIT_OK:
             run.fail()
@@ -159,8 +158,8 @@ def cifar_run(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
 _PER_OPTIMIZER = {"optimizer", "lr", "momentum", "weight_decay", "scheduler", "register", "model_name"}
 
 
-def cifar_lockstep(cfgs: list[CifarConfig], arrays: CifarArrays, device: torch.device,
-                   parent: tracking.RunHandle) -> list[tuple[str, int]]:
+def run_lockstep(cfgs: list[CifarConfig], arrays: CifarArrays, device: torch.device,
+                 parent: tracking.Run) -> list[tuple[str, int]]:
     """Train every config in one process on the very same augmented batches (one data pipeline, one model and
     optimizer each), logging one child run each; returns (run id, exit code) per config."""
     shared = [{k: v for k, v in dataclasses.asdict(c).items() if k not in _PER_OPTIMIZER} for c in cfgs]
@@ -174,18 +173,15 @@ def cifar_lockstep(cfgs: list[CifarConfig], arrays: CifarArrays, device: torch.d
         runs, logs = [], []
         for cfg, trainer in zip(cfgs, trainers):
             params, tags = start_info(cfg, arrays, device, loaders[0])
-            runs.append(children.enter_context(
-                tracking.child_run(parent, f"{cfg.optimizer}-{cfg.model}", {**tags, "lockstep": "true"})))
-            (Path(scratch) / runs[-1].run_id).mkdir()
-            logs.append(RunLog(cfg, runs[-1].run_id, trainer, Path(scratch) / runs[-1].run_id))
+            runs.append(children.enter_context(tracking.open_run(
+                cfg.experiment, f"{cfg.optimizer}-{cfg.model}", {**tags, "lockstep": "true"}, parent=parent)))
+            logs.append(RunLog(cfg, runs[-1], trainer, Path(scratch) / runs[-1].run_id))
             logs[-1].begin(params, arrays)
-        states = fit_lockstep([t.member() for t in trainers], loaders[0], loaders[1],
-                              cfgs[0].epochs, trainers[0].precision, cfgs[0].target_acc,
-                              [log.on_epoch for log in logs])
+        states = fit([t.member() for t in trainers], loaders[0], loaders[1], cfgs[0].epochs, trainers[0].precision,
+                     cfgs[0].target_acc, [log.on_epoch for log in logs])
         outcomes = []
         for run, log, state in zip(runs, logs, states):
-            code = log.finish(state, arrays)
-            if code != EXIT_OK:
+            if (code := log.finish(state, arrays)) != EXIT_OK:
                 run.fail()
             outcomes.append((run.run_id, code))
     return outcomes

@@ -1,123 +1,196 @@
-"""Runs of a sweep -> summary rows and overlay series. Pure: no MLflow, no plotting, no files."""
+"""The `compare` entry point: one parent run, one child run per optimizer, overlays and a summary."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
 
-Series = tuple[list[float], list[float]]  # (x, y)
+import numpy as np
 
+from pipeline import plots, summary, tracking
+from pipeline.summary import RunRecord
+from pipeline.config import CompareConfig, as_params
+from pipeline.provenance import code_version, config_hash
+from pipeline.errors import EXIT_OK, UsageError
+from pipeline.functions import get_function
 
-@dataclass(frozen=True)
-class RunRecord:
-    """What the store holds of one child run."""
-
-    run_id: str
-    status: str  # FINISHED, FAILED, RUNNING, ...
-    params: Mapping[str, str]
-    tags: Mapping[str, str]
-    metrics: Mapping[str, Sequence[tuple[int, float]]] = field(default_factory=dict)  # key -> (step, value)
-    reused: bool = False  # found finished in the store instead of trained by this sweep
-
-    @property
-    def label(self) -> str:
-        """The optimizer name: what the legends and the summary call this run."""
-        return self.params.get("optimizer", self.run_id[:8])
-
-    @property
-    def diverged(self) -> bool:
-        """Whether the run was ended by a non-finite loss."""
-        return self.tags.get("diverged") == "true"
-
-    def series(self, key: str) -> Series:
-        """One metric's history as (steps, values), steps ascending, the last value kept per step."""
-        by_step = dict(sorted(self.metrics.get(key, ())))
-        return list(map(float, by_step)), list(by_step.values())
-
-    def last(self, key: str) -> float:
-        """The metric's value at its last step, NaN when never logged."""
-        _, values = self.series(key)
-        return values[-1] if values else math.nan
+METRICS = {"toy": ("loss", "distance_to_min"),
+           "cifar": ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "best_val_acc",
+                     "time_to_target")}
+CHAMPION = "champion"
 
 
-def overlay(records: Sequence[RunRecord], key: str, x_key: str | None = None) -> dict[str, Series]:
-    """One line per run: `key` against its step, or against the running sum of `x_key` (e.g. epoch_time)."""
-    lines = {}
-    for record in records:
-        steps, values = record.series(key)
-        if not values:
-            continue
-        if x_key is not None:
-            _, widths = record.series(x_key)
-            steps = [sum(widths[: index + 1]) for index in range(len(values))]
-        lines[record.label] = (steps, values)
-    return lines
+def _record(run_id: str, task: str, reused: bool = False) -> RunRecord:
+    data = tracking.fetch_run(run_id, METRICS[task])
+    return RunRecord(run_id, data["status"], data["params"], data["tags"], data["metrics"], reused)
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
+def _trainer(cfg: CompareConfig):
+    """A function that trains one child config under a parent run and returns its run id. For cifar the data
+    is loaded here, once for all children and before the parent run starts (missing data: no run at all)."""
+    if cfg.task == "toy":
+        from pipeline.toy import run_toy
+
+        return lambda child, parent: run_toy(child, parent)[0]
+    from pipeline.cifar import load_data, resolve_device, run_cifar, run_lockstep
+
+    device, arrays = resolve_device(cfg.children[0].device), load_data(cfg.children[0])
+    if cfg.lockstep:
+        return lambda children, parent: run_lockstep(children, arrays, device, parent)
+    return lambda child, parent: run_cifar(child, arrays, device, parent)[0]
 
 
-def cifar_row(record: RunRecord) -> dict[str, Any]:
-    """The summary line of one cifar child."""
-    return {"optimizer": record.label, "best_val_acc": record.last("best_val_acc"),
-            "final_val_acc": record.last("val_acc"), "final_train_loss": record.last("train_loss"),
-            "final_val_loss": record.last("val_loss"), "mean_epoch_time": _mean(record.series("epoch_time")[1]),
-            "time_to_target": record.last("time_to_target"), "diverged": "yes" if record.diverged else "no",
-            "status": record.status, "reused": "yes" if record.reused else "no", "run_id": record.run_id}
+def reusable(cfg: CompareConfig, child, parent: tracking.Run) -> RunRecord | None:
+    """A stored run with the same config and code that reached an outcome, unless rerun=true."""
+    found = None if cfg.rerun else tracking.find_finished_run(parent.experiment_id, config_hash(child),
+                                                              code_version())
+    if found:
+        print(f"{child.optimizer}: reusing finished run {found} (rerun=true trains again)")
+        return _record(found, cfg.task, reused=True)
+    return None
 
 
-def toy_row(record: RunRecord) -> dict[str, Any]:
-    """The summary line of one toy child."""
-    converged = record.tags.get("converged_step", "")
-    return {"optimizer": record.label, "final_loss": record.last("loss"),
-            "distance_to_min": record.last("distance_to_min"), "steps_to_converge": converged or "-",
-            "diverged": "yes" if record.diverged else "no", "status": record.status,
-            "reused": "yes" if record.reused else "no", "run_id": record.run_id}
+def run_lockstep(cfg: CompareConfig, parent: tracking.Run, train) -> list[RunRecord]:
+    """Reuse what can be reused, train the rest together on the same batches; records in the children's order."""
+    found = {child.optimizer: reusable(cfg, child, parent) for child in cfg.children}
+    todo = [child for child in cfg.children if found[child.optimizer] is None]
+    if todo:
+        outcomes = train(todo, parent)
+        found.update({child.optimizer: _record(run_id, cfg.task) for child, (run_id, _) in zip(todo, outcomes)})
+    return [found[child.optimizer] for child in cfg.children]
 
 
-def summary_rows(task: str, records: Sequence[RunRecord]) -> list[dict[str, Any]]:
-    """Summary rows, best first: highest best_val_acc (cifar) or lowest final loss (toy); diverged last."""
-    if task == "cifar":
-        rows = [cifar_row(r) for r in records]
-        return sorted(rows, key=lambda r: (r["diverged"] == "yes", -_finite_or(r["best_val_acc"], -1.0)))
-    rows = [toy_row(r) for r in records]
-    return sorted(rows, key=lambda r: (r["diverged"] == "yes", _finite_or(r["final_loss"], math.inf)))
+def run_child(cfg: CompareConfig, child, parent: tracking.Run, train) -> RunRecord:
+    """Reuse a finished run with the same config and code, else train one; a failure is recorded, not raised."""
+    reused = reusable(cfg, child, parent)
+    if reused is not None:
+        return reused
+    try:
+        return _record(train(child, parent), cfg.task)
+    except Exception as error:  # noqa: BLE001 - one broken child must not end the sweep
+        print(f"error: {child.optimizer} failed ({type(error).__name__}: {error}); the sweep goes on",
+              file=sys.stderr)
+        return RunRecord("-", "FAILED", {"optimizer": child.optimizer}, {"diverged": "false"})
 
 
-def _finite_or(value: float, fallback: float) -> float:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else fallback
+def shared_params(cfg: CompareConfig) -> dict[str, str]:
+    """The sweep's params: its own plus every child param that all children share."""
+    children = [as_params(child) for child in cfg.children]
+    common = {k: v for k, v in children[0].items() if all(c.get(k) == v for c in children)} if children else {}
+    # A setting only some optimizers take (momentum for sgd but not adam): which children got it.
+    partial = {f"{key}_applies_to": ",".join(c.optimizer for c in cfg.children if getattr(c, key) is not None)
+               for key in ("lr", "momentum", "weight_decay")
+               if 0 < sum(getattr(c, key) is not None for c in cfg.children) < len(cfg.children)}
+    return {**common, **partial, "task": cfg.task, "optimizers": ",".join(cfg.optimizer_list()),
+            "rerun": str(cfg.rerun), "lockstep": str(cfg.lockstep)}
 
 
-def champion(records: Sequence[RunRecord]) -> RunRecord | None:
-    """The finished, non-diverged cifar run with the highest best_val_acc, if any."""
-    eligible = [r for r in records if r.status == "FINISHED" and not r.diverged
-                and math.isfinite(r.last("best_val_acc"))]
-    return max(eligible, key=lambda r: r.last("best_val_acc"), default=None)
+def draw_toy(run: tracking.Run, records: list[RunRecord], scratch: Path) -> None:
+    """Every child's path on one contour plot, one surface, one loss plot and an animated GIF."""
+    usable = [r for r in records if r.run_id != "-"]
+    if not usable:
+        return
+    fn = get_function(usable[0].params["function"])
+    paths = {}
+    for record in usable:
+        csv = tracking.download(record.run_id, "trajectory.csv", scratch / record.run_id)
+        if csv is not None:
+            paths[record.label] = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)[:, 1:3]
+    losses = {r.label: np.array(r.series("loss")[1]) for r in usable}
+    run.log_figure(plots.contour_figure(fn, paths), "plots/contour.png")
+    run.log_figure(plots.surface_figure(fn, paths), "plots/surface.png")
+    run.log_figure(plots.loss_figure(fn, losses), "plots/loss.png")
+    gif = scratch / "paths.gif"
+    write_gif(plots.paths_frames(fn, paths), gif, fps=12)
+    run.log_file(gif, "plots")
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
+def write_gif(frames: list, path: Path, fps: float) -> None:
+    """Save RGB frames as a looping GIF with one palette for all: the last frame's, which has every path's
+    colour (each frame's own palette, Pillow's default, lost some and took 20 times longer)."""
+    from PIL import Image
+
+    palette = frames[-1].quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+    indexed = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
+    indexed[0].save(path, save_all=True, append_images=indexed[1:], duration=round(1000 / fps), loop=0)
 
 
-def summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as CSV (NaN written as empty)."""
-    if not rows:
-        return ""
-    header = list(rows[0])
-    lines = [",".join(header)]
-    for row in rows:
-        lines.append(",".join("" if _cell(row[k]) == "-" else _cell(row[k]) for k in header))
-    return "\n".join(lines) + "\n"
+def draw_cifar(run: tracking.Run, records: list[RunRecord]) -> None:
+    """The notebook's four overlays (train/test x accuracy/loss against epoch) and accuracy against time."""
+    for key, name, label, percent in (("train_acc", "train_accuracy", "train accuracy", True),
+                                      ("train_loss", "train_loss", "train loss", False),
+                                      ("val_acc", "test_accuracy", "test accuracy", True),
+                                      ("val_loss", "test_loss", "test loss", False)):
+        figure = plots.overlay_figure(summary.overlay(records, key), "epoch", label, f"{label.capitalize()} "
+                                      "per optimizer", percent=percent)
+        run.log_figure(figure, f"plots/{name}.png")
+    timed = summary.overlay(records, "val_acc", x_key="epoch_time")
+    run.log_figure(plots.overlay_figure(timed, "training time (s)", "test accuracy",
+                                        "Test accuracy against training time", percent=True, integer_x=False),
+                   "plots/test_accuracy_vs_time.png")
 
 
-def summary_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
-    """The rows as a Markdown table under a heading."""
-    if not rows:
-        return f"# {title}\n\nNo runs.\n"
-    header = list(rows[0])
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(row[k]) for k in header) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def crown(run: tracking.Run, records: list[RunRecord]) -> str | None:
+    """Point the registry alias `champion` at the best child's model; returns its models:/ URI."""
+    best = summary.champion(records)
+    if best is None or "model_uri" not in best.tags:
+        return None
+    name = best.params.get("model_name", "optlab-cifar")
+    version = tracking.set_alias(name, best.run_id, CHAMPION)
+    run.set_tags({"champion_run_id": best.run_id, "champion_uri": f"models:/{name}@{CHAMPION}",
+                       "champion_version": version})
+    return f"models:/{name}@{CHAMPION}"
+
+
+def report(run: tracking.Run, task: str, records: list[RunRecord], title: str) -> str:
+    """Draw the overlays, log summary.csv and summary.md, tag the children; returns the Markdown table."""
+    rows = summary.rows(task, records)
+    markdown = summary.as_markdown(rows, title)
+    run.log_text(summary.as_csv(rows), "summary.csv")
+    run.log_text(markdown, "summary.md")
+    run.set_tags({"children": ",".join(r.run_id for r in records if r.run_id != "-")})
+    with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
+        draw_toy(run, records, Path(scratch)) if task == "toy" else draw_cifar(run, records)
+    return markdown
+
+
+def redraw_ids(cfg: CompareConfig) -> tuple[str, list[str]]:
+    """(task, child run ids) named by from_runs: a compare run's children, or an experiment's newest runs."""
+    if tracking.run_exists(cfg.from_runs):
+        tags = tracking.fetch_run(cfg.from_runs, ())["tags"]
+        task, ids = tags.get("compare_task", cfg.task), [i for i in tags.get("children", "").split(",") if i]
+    else:
+        task, ids = cfg.task, tracking.latest_runs(cfg.from_runs, cfg.task)
+    if not ids:
+        raise UsageError(f"from_runs: no {cfg.task} runs found for {cfg.from_runs!r} (a compare run id or an "
+                         "experiment name)")
+    return task, ids
+
+
+def main(cfg: CompareConfig) -> int:
+    """The `compare` entry point: print the summary table and where the best model is."""
+    run_id, markdown, uri = sweep(cfg)
+    print(markdown)
+    print(f"compare run {run_id}" + (f"; best model: {uri}" if uri else ""))
+    return EXIT_OK
+
+
+def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
+    """Train (or reuse) every child, then draw and summarise; returns (parent run id, summary, champion URI)."""
+    if cfg.from_runs:
+        task, ids = redraw_ids(cfg)
+        cfg = dataclasses.replace(cfg, task=task)
+    train = None if cfg.from_runs else _trainer(cfg)
+    tags = {"task": "compare", "compare_task": cfg.task, **({"redrawn_from": cfg.from_runs} if cfg.from_runs else {})}
+    with tracking.open_run(cfg.experiment, f"compare-{cfg.task}", tags) as parent:
+        parent.log_params(shared_params(cfg))
+        if cfg.from_runs:
+            records = [_record(run_id, cfg.task, reused=True) for run_id in ids]
+        elif cfg.lockstep:
+            records = run_lockstep(cfg, parent, train)
+        else:
+            records = [run_child(cfg, child, parent, train) for child in cfg.children]
+        markdown = report(parent, cfg.task, records, f"compare {cfg.task}: {len(records)} optimizers")
+        uri = crown(parent, records) if cfg.task == "cifar" else None
+    return parent.run_id, markdown, uri

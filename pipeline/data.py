@@ -1,9 +1,9 @@
-"""CIFAR-10: find or download, load, normalise and augment (CPU or on-device); the only code touching dataset files."""
+"""CIFAR-10: find or download, load safely, normalise and augment (one batched path, CPU or on the device)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import pickle  # only to write batch files; reading goes through pipeline.safe_pickle
 import socket
 import warnings
 from dataclasses import dataclass
@@ -13,7 +13,6 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision import transforms
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
@@ -51,6 +50,7 @@ class CifarArrays:
     source: str  # the cifar-10-batches-py folder read
     official: bool  # True only when every batch file matches torchvision's official MD5
 
+    @functools.cached_property
     def digest(self) -> str:
         """Short sha256 hex of shapes, labels and pixels: names this exact data for mlflow.log_input."""
         h = hashlib.sha256()
@@ -62,9 +62,6 @@ class CifarArrays:
 
 def load_cifar10(data_dir: str | Path, download: bool, train_limit: int = 0, val_limit: int = 0) -> CifarArrays:
     """Load CIFAR-10 from data_dir (or download it there); limits keep the first N images (0 = all)."""
-    for name, limit in (("train_limit", train_limit), ("val_limit", val_limit)):
-        if limit < 0:
-            raise UsageError(f"{name}={limit} is negative; use 0 for all images or a positive count")
     data_dir = Path(data_dir).expanduser()
     folder = _find_batches(data_dir)
     if folder is None and download:
@@ -126,11 +123,11 @@ def _is_official(folder: Path) -> bool:
 
 def _read_split(folder: Path, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate the named batch files into images (N, 32, 32, 3) uint8 and labels (N,) int64."""
-    parts = [_read_batch(folder / name) for name in names]
+    parts = [read_batch(folder / name) for name in names]
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch file as images (N, 32, 32, 3) uint8 and labels (N,) int64."""
     if not path.is_file():
         raise UsageError(f"{path} is missing; restore the full cifar-10-batches-py folder or point data_dir elsewhere")
@@ -160,29 +157,6 @@ def _labels(value: object) -> np.ndarray | None:
         if labels.ndim == 1 and (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
             return labels.astype(np.int64)
     return None
-
-
-def write_cifar_batches(folder: str | Path, train_x: np.ndarray, train_y: np.ndarray,
-                        test_x: np.ndarray, test_y: np.ndarray) -> Path:
-    """Write uint8 (N, 32, 32, 3) images and labels in the official python layout; returns the batches folder."""
-    out = Path(folder) / BATCHES_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    # Training images are spread over the five data_batch files, as in the official release.
-    train_parts = zip(np.array_split(train_x, len(TRAIN_FILES)), np.array_split(np.asarray(train_y), len(TRAIN_FILES)))
-    for name, (x, y) in zip(TRAIN_FILES + TEST_FILES, [*train_parts, (test_x, test_y)]):
-        x = np.asarray(x, dtype=np.uint8)
-        batch = {
-            "batch_label": name,
-            "labels": [int(v) for v in y],
-            "data": np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), -1),
-            "filenames": [f"{name}_{i:05d}.png" for i in range(len(x))],
-        }
-        with (out / name).open("wb") as f:
-            pickle.dump(batch, f)
-    meta = {"num_cases_per_batch": 10000, "label_names": list(CIFAR_CLASSES), "num_vis": 3 * IMAGE_SIZE**2}
-    with (out / CIFAR10.meta["filename"]).open("wb") as f:
-        pickle.dump(meta, f)
-    return out
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -237,8 +211,6 @@ class CifarLoader:
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, batch_size: int, *,
                  train: bool, seed: int = 0, device: str | torch.device = "cpu", drop_last: bool = False) -> None:
-        if batch_size < 1:
-            raise UsageError(f"batch_size={batch_size} must be a positive number of images")
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise TypeError(f"images must be uint8 (N, 32, 32, 3), got {images.dtype} {tuple(images.shape)}")
@@ -290,80 +262,3 @@ class CifarLoader:
             if self.train:
                 images = augment_batch(images, self._augment_rng)
             yield normalize(images), self.labels[index]
-
-
-def torchvision_train_transform() -> transforms.Compose:
-    """The notebook's training transform on PIL images: crop with zero padding 4, flip, to tensor, normalise."""
-    return transforms.Compose([
-        transforms.RandomCrop(IMAGE_SIZE, padding=PAD),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
-    ])
-
-
-def torchvision_test_transform() -> transforms.Compose:
-    """The notebook's test transform on PIL images: to tensor and normalise, no augmentation."""
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
-
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-# predict shrinks every image to 32x32, and a PNG of a few KB can claim gigapixels (a decompression bomb):
-MAX_IMAGE_SIDE = 4096  # images over 4096**2 pixels (48 MiB as RGB) are refused before decoding
-
-
-@dataclass(frozen=True, eq=False)
-class ImageSet:
-    """Images to classify: names, uint8 (N, 32, 32, 3) pixels and, where known, true labels (-1 unknown)."""
-
-    names: list[str]
-    images: np.ndarray
-    labels: np.ndarray
-
-
-def read_images(path: str | Path) -> ImageSet:
-    """An image file, a folder of images (a class-named parent folder gives the label), or a CIFAR batch file."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UsageError(f"input: {path} does not exist; give an image, a folder of images or a CIFAR batch file")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise UsageError(f"input: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
-        return _image_files(files, path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return _image_files([path], path.parent)
-    images, labels = _read_batch(path)
-    return ImageSet([f"{path.name}[{i}]" for i in range(len(labels))], images, labels)
-
-
-def _image_files(files: list[Path], root: Path) -> ImageSet:
-    """Decode image files to 32x32 RGB; a class-named parent folder gives the label."""
-    pixels, labels = [], []
-    for file in files:
-        pixels.append(_decode_image(file))
-        parent = file.parent.name
-        labels.append(CIFAR_CLASSES.index(parent) if parent in CIFAR_CLASSES else -1)
-    names = [str(file.relative_to(root)) if file != root else file.name for file in files]
-    return ImageSet(names, np.stack(pixels), np.asarray(labels, dtype=np.int64))
-
-
-def _decode_image(file: Path) -> np.ndarray:
-    """One image file as uint8 (32, 32, 3) RGB; its size is checked before decoding, as a tiny file can claim any."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            # PIL warns of a likely decompression bomb from about 89M pixels: an error here, caught below.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as image:  # reads the header only
-                if image.width * image.height > MAX_IMAGE_SIDE**2:
-                    raise Image.DecompressionBombError(f"{image.width}x{image.height}")
-                # resize copies an image already 32x32; others are shrunk, as the model only knows 32x32
-                image = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-                return np.asarray(image, dtype=np.uint8)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # neither is an OSError
-        raise UsageError(f"input: image {file} is over the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixel cap; predict "
-                         "needs only 32x32, so shrink it first") from None
-    except Exception as err:  # a damaged file can raise almost anything inside PIL's decoders
-        raise UsageError(f"input: cannot read image {file} ({type(err).__name__}); remove or replace it") from None

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.functions import Function2D
-from pipeline.optimizers import build_optimizer
+from pipeline.optimizers import OptimizerSettings, build_optimizer
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ def _compiled_evaluator(fn: Function2D) -> Callable[..., torch.Tensor]:
     return torch.compile(evaluate, dynamic=False)
 
 
-def run_descent(fn: Function2D, optimizer: str, starts: torch.Tensor, steps: int, tolerance: float,
-                compiled: bool = False, **hparams: float | None) -> Trajectory:
+def run_descent(fn: Function2D, optimizer: OptimizerSettings, starts: torch.Tensor, steps: int, tolerance: float,
+                compiled: bool = False) -> Trajectory:
     """Descend from each row of `starts` (N, 2) until all converge or diverge, or `steps` run out.
 
     The points share one parameter tensor; every registered optimizer is element-wise, so this equals N
@@ -109,7 +109,7 @@ def run_descent(fn: Function2D, optimizer: str, starts: torch.Tensor, steps: int
     """
     count, dtype, device = starts.shape[0], starts.dtype, starts.device
     point = torch.nn.Parameter(starts.detach().T.contiguous())  # (2, N)
-    opt = build_optimizer(optimizer, [point], **hparams)
+    opt = build_optimizer(optimizer, [point])
     evaluate = _compiled_evaluator(fn) if compiled else _evaluator(fn)
     positions = torch.empty(steps + 1, 2, count, dtype=dtype, device=device)
     losses = torch.empty(steps + 1, count, dtype=dtype, device=device)

@@ -1,13 +1,11 @@
-"""Errors the command line turns into one clear line and an exit code."""
+"""The error the command line turns into one clear line (exit 2), and every exit code optlab uses.
+
+A diverged run is an outcome, not an error: it is recorded on the run and exits 3."""
 from __future__ import annotations
 
 
 class UsageError(ValueError):
     """A bad value from the user: the message is one line naming it and the valid choices (exit 2)."""
-
-
-class DivergedError(RuntimeError):
-    """Training produced a NaN or infinite loss (exit 3)."""
 
 
 EXIT_OK = 0

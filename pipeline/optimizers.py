@@ -1,6 +1,7 @@
 """The optimizer registry shared by the toy and CIFAR tasks: name -> frozen spec -> torch optimizer."""
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -76,51 +77,56 @@ def get_spec(name: str) -> OptimizerSpec:
         raise UsageError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}") from None
 
 
-def resolve_hparams(name: str, **overrides: float | None) -> dict[str, Any]:
-    """The keyword arguments the optimizer class gets: fixed settings, then the user's non-None overrides."""
-    spec = get_spec(name)
-    unknown = sorted(set(overrides) - set(TUNABLE))
-    if unknown:
-        raise ValueError(f"not a tunable hyper-parameter: {', '.join(unknown)}")
-    given = {key: value for key, value in overrides.items() if value is not None}
-    refused = sorted(set(given) - spec.tunable)
-    if refused:
-        raise UsageError(f"optimizer {name!r} does not take {', '.join(refused)}; "
-                         f"it takes: {', '.join(sorted(spec.tunable))}")
-    kwargs = {"lr": spec.default_lr, **spec.fixed, **given}
-    if kwargs.get("lr", 0) <= 0:
-        raise UsageError(f"lr: expected a number > 0, got {kwargs['lr']!r}")
-    return kwargs
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """One optimizer as the user set it (None: its own default), validated once: the value the toy and cifar
+    configs share, whose `kwargs` are logged, written to config.json and passed to the builder."""
+
+    name: str
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        spec = get_spec(self.name)
+        _check(self.lr is None or self.lr > 0, "lr", self.lr, "a number > 0")
+        _check(self.momentum is None or 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay is None or self.weight_decay >= 0, "weight_decay", self.weight_decay,
+               "a number >= 0")
+        refused = sorted(key for key in TUNABLE if getattr(self, key) is not None and key not in spec.tunable)
+        if refused:
+            raise UsageError(f"optimizer {self.name!r} does not take {', '.join(refused)}; "
+                             f"it takes: {', '.join(sorted(spec.tunable))}")
+
+    @property
+    def spec(self) -> OptimizerSpec:
+        """The registry entry."""
+        return OPTIMIZERS[self.name]
+
+    @functools.cached_property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the optimizer class gets: its fixed settings, then the user's non-None ones."""
+        given = {key: getattr(self, key) for key in TUNABLE if getattr(self, key) is not None}
+        return {"lr": self.spec.default_lr, **self.spec.fixed, **given}
 
 
-def fast_kwargs(name: str) -> dict[str, bool]:
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise UsageError(f"{name}: expected {expected}, got {value!r}")
+
+
+def fast_kwargs(spec: OptimizerSpec) -> dict[str, bool]:
     """The quickest implementation torch has for this optimizer on CUDA: fused kernels, else foreach."""
-    accepted = inspect.signature(get_spec(name).cls).parameters
+    accepted = inspect.signature(spec.cls).parameters
     if "fused" in accepted:
         return {"fused": True}
     return {"foreach": True} if "foreach" in accepted else {}
 
 
-def build_optimizer(name: str, params: Iterable[torch.nn.Parameter] | Iterable[dict], fast: bool = False,
-                    **overrides: float | None) -> torch.optim.Optimizer:
-    """Build the named optimizer over `params`; overrides left None keep the optimizer's own defaults.
+def build_optimizer(settings: OptimizerSettings, params: Iterable[torch.nn.Parameter] | Iterable[dict],
+                    fast: bool = False) -> torch.optim.Optimizer:
+    """Build the optimizer over `params` from validated settings.
 
     fast=True (for CUDA) asks for fused or foreach kernels: the same maths in fewer kernel launches.
     """
-    return get_spec(name).cls(params, **resolve_hparams(name, **overrides), **(fast_kwargs(name) if fast else {}))
-
-
-def build_scheduler(name: str, optimizer: torch.optim.Optimizer,
-                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """An lr schedule stepped once per batch over `total_steps`: none, cosine (to 0) or onecycle (peak = lr)."""
-    if name == "none":
-        return None
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if name == "onecycle":
-        group = optimizer.param_groups[0]
-        # OneCycle also cycles momentum, but only optimizers that have one (SGD momentum > 0, Adam's beta1).
-        cycles = "betas" in group or group.get("momentum", 0) > 0
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=group["lr"], total_steps=total_steps,
-                                                   cycle_momentum=cycles)
-    raise UsageError(f"unknown scheduler {name!r}; choose one of: none, cosine, onecycle")
+    return settings.spec.cls(params, **settings.kwargs, **(fast_kwargs(settings.spec) if fast else {}))

@@ -4,16 +4,18 @@ from __future__ import annotations
 import dataclasses
 import io
 import sys
+import time
 
 import numpy as np
 import torch
 
 from pipeline import plots, tracking
-from pipeline.config import ToyConfig, as_params, code_version, config_hash
+from pipeline.config import ToyConfig, logged_params
+from pipeline.provenance import code_version, config_hash
 from pipeline.descent import Trajectory, run_descent, starting_points
 from pipeline.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.functions import Function2D, get_function
-from pipeline.optimizers import resolve_hparams
+from pipeline.logger import RunLogger
 
 
 def resolve_start(cfg: ToyConfig, fn: Function2D) -> tuple[float, float]:
@@ -25,11 +27,8 @@ def resolve_start(cfg: ToyConfig, fn: Function2D) -> tuple[float, float]:
 
 def resolved_params(cfg: ToyConfig, fn: Function2D) -> dict[str, str]:
     """Params as they were really used: the optimizer's actual settings and the actual start."""
-    hparams = resolve_hparams(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     x, y = resolve_start(cfg, fn)
-    params = {**as_params(cfg), "start": f"{x:g},{y:g}"}
-    params.update({key: str(value) for key, value in hparams.items()})
-    return params
+    return {**logged_params(cfg), "start": f"{x:g},{y:g}"}
 
 
 def trajectory_csv(traj: Trajectory, point: int = 0) -> str:
@@ -53,43 +52,44 @@ def outcome_tags(traj: Trajectory, point: int = 0) -> dict[str, str]:
     return tags
 
 
-def log_trajectory(run_id: str, fn: Function2D, traj: Trajectory, label: str) -> None:
+def log_trajectory(run: RunLogger, fn: Function2D, traj: Trajectory, label: str) -> None:
     """Per-step metrics in batched calls, the trajectory CSV and the three plots."""
-    steps = range(len(traj.losses))
-    tracking.log_metric_series(run_id, {"loss": traj.losses[:, 0], "grad_norm": traj.grad_norms[:, 0],
-                                        "distance_to_min": traj.distances[:, 0]}, steps)
-    tracking.log_text(run_id, trajectory_csv(traj), "trajectory.csv")
+    now = int(time.time() * 1000)
+    run.log_steps([(step, now, {"loss": loss, "grad_norm": grad_norm, "distance_to_min": distance})
+                   for step, (loss, grad_norm, distance) in enumerate(zip(
+                       traj.losses[:, 0], traj.grad_norms[:, 0], traj.distances[:, 0]))])
+    run.log_text(trajectory_csv(traj), "trajectory.csv")
     path = {label: traj.positions[:, 0]}
-    tracking.log_figure(run_id, plots.contour_figure(fn, path), "plots/contour.png")
-    tracking.log_figure(run_id, plots.surface_figure(fn, path), "plots/surface.png")
-    tracking.log_figure(run_id, plots.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
+    run.log_figure(plots.contour_figure(fn, path), "plots/contour.png")
+    run.log_figure(plots.surface_figure(fn, path), "plots/surface.png")
+    run.log_figure(plots.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
 
 
-def run_toy(cfg: ToyConfig) -> int:
+def main(cfg: ToyConfig) -> int:
     """The `toy` entry point: one tracked run; exit code 3 if the loss diverged."""
-    return toy_run(cfg)[1]
+    return run_toy(cfg)[1]
 
 
-def toy_run(cfg: ToyConfig, parent: tracking.RunHandle | None = None) -> tuple[str, int]:
+def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None) -> tuple[str, int]:
     """Descend, log everything, print one summary line; returns (run id, exit code)."""
     fn = get_function(cfg.function)
     params = resolved_params(cfg, fn)
     torch.manual_seed(cfg.seed)
     start = torch.tensor([resolve_start(cfg, fn)], dtype=torch.float64)
     tags = {"task": "toy", "config_hash": config_hash(cfg), "code_version": code_version()}
-    with tracking.tracked_run(cfg.experiment, f"{cfg.optimizer}-{cfg.function}", tags, parent=parent) as run:
-        tracking.log_params(run.run_id, params)
-        tracking.log_dict(run.run_id, {**dataclasses.asdict(cfg), "resolved": params}, "config.json")
-        traj = run_descent(fn, cfg.optimizer, start, cfg.steps, cfg.tolerance, lr=cfg.lr,
-                           momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        log_trajectory(run.run_id, fn, traj, cfg.optimizer)
+    with tracking.open_run(cfg.experiment, f"{cfg.optimizer}-{cfg.function}", tags, parent=parent) as run:
+        run.log_params(params)
+        run.log_dict({**dataclasses.asdict(cfg), "resolved": params}, "config.json")
+        traj = run_descent(fn, cfg.optimizer_settings, start, cfg.steps, cfg.tolerance)
+        log_trajectory(run, fn, traj, cfg.optimizer)
         tags = outcome_tags(traj)
-        tracking.set_tags(run.run_id, tags)
-        diverged = tags["diverged"] == "true"
-        print(summary_line(cfg, traj, tags, run.run_id), file=sys.stderr if diverged else sys.stdout)
-        if diverged:
-            run.fail()
+        run.set_tags(tags)
+        line = summary_line(cfg, traj, tags, run.run_id)
+        if tags["diverged"] == "true":
+            print(line, file=sys.stderr)
+            run.fail(line.removeprefix("error: "))
             return run.run_id, EXIT_DIVERGED
+        print(line)
     return run.run_id, EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""Training and evaluation loops: train_one_epoch / evaluate / fit(on_epoch=...). Never imports mlflow."""
+"""The training loop: fit(members, ...) trains one model or several in lockstep on the same batches, with
+train_epoch and evaluate under it. Never imports mlflow: epochs are reported to callbacks."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.errors import DivergedError
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -119,13 +119,6 @@ def train_epoch(members: list[Member], batches: Batches, precision: Precision, t
              "lr": member.optimizer.param_groups[0]["lr"]} for member, (loss_sum, correct) in zip(members, sums)]
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, precision: Precision,
-                    total: int = 0, label: str = "train", show_progress: bool | None = None) -> dict[str, float]:
-    """One pass over `batches` in train mode for one model; sums are read once at the end."""
-    return train_epoch([Member(model, optimizer, scheduler)], batches, precision, total, label, show_progress)[0]
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Batches, precision: Precision, num_classes: int = 10,
              total: int = 0, show_progress: bool | None = None) -> tuple[dict[str, float], torch.Tensor]:
@@ -177,11 +170,12 @@ def _record(state: FitState, epoch: int, metrics: dict[str, float], target_acc: 
     state.history.append(metrics)
 
 
-def fit_lockstep(members: list[Member], train_batches, val_batches, epochs: int, precision: Precision,
-                 target_acc: float, callbacks: list[EpochCallback], states: list[FitState] | None = None,
-                 show_progress: bool | None = None) -> list[FitState]:
-    """Train every member on the very same batches until `epochs`; a member whose loss turns non-finite
-    stops (its state says why) while the others go on. on_epoch callbacks run after each epoch."""
+def fit(members: list[Member], train_batches: Batches, val_batches: Batches, epochs: int, precision: Precision,
+        target_acc: float, callbacks: list[EpochCallback], states: list[FitState] | None = None,
+        show_progress: bool | None = None) -> list[FitState]:
+    """Train every member (one, or several in lockstep) on the very same batches until `epochs`, continuing
+    from `states`; a member whose loss turns non-finite stops (its state says why) while the others go on.
+    Each member's callback gets every epoch it finishes."""
     states = states or [FitState() for _ in members]
     for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
         active = [i for i, s in enumerate(states) if not s.diverged and s.epoch < epoch]
@@ -199,14 +193,3 @@ def fit_lockstep(members: list[Member], train_batches, val_batches, epochs: int,
             _record(states[index], epoch, metrics, target_acc)
             callbacks[index](epoch, metrics, confusion, states[index])
     return states
-
-
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_batches, val_batches,
-        epochs: int, precision: Precision, target_acc: float, on_epoch: EpochCallback,
-        state: FitState | None = None, show_progress: bool | None = None) -> FitState:
-    """Train one model until `epochs` are done (continuing from `state`); raises DivergedError on NaN/inf."""
-    (state,) = fit_lockstep([Member(model, optimizer, scheduler)], train_batches, val_batches, epochs, precision,
-                            target_acc, [on_epoch], [state] if state else None, show_progress)
-    if state.diverged:
-        raise DivergedError(state.diverged)
-    return state
