@@ -14,6 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from pipeline.data import CIFAR_MEAN, CIFAR_STD, IMAGE_SIZE, PAD
 
 Objective = Callable[[float, float], float]
 STEP = 1e-6  # finite-difference step, as pipeline.reference
@@ -94,3 +97,18 @@ def notebook_train_seconds(model: nn.Module, loader: DataLoader, device: torch.d
     seconds = time.perf_counter() - began  # .item() above already waited for the device
     del batches  # shuts the worker processes down
     return seconds, total
+
+
+def torchvision_train_transform() -> transforms.Compose:
+    """The notebook's training transform on PIL images: crop with zero padding 4, flip, to tensor, normalise."""
+    return transforms.Compose([
+        transforms.RandomCrop(IMAGE_SIZE, padding=PAD),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
+    ])
+
+
+def torchvision_test_transform() -> transforms.Compose:
+    """The notebook's test transform on PIL images: to tensor and normalise, no augmentation."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])

@@ -1,4 +1,4 @@
-"""Rows 'cifar': training images/s of our loader + train_one_epoch against the notebook's DataLoader loop."""
+"""Rows 'cifar': training images/s of our loader + train_epoch against the notebook's DataLoader loop."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,10 +13,11 @@ from bench.baselines import NotebookCifar, notebook_loader, notebook_train_secon
 from bench.data import describe, images, load_arrays
 from bench.machine import best_seconds, interleaved_best, log
 from bench.table import Row, met, rate, times
-from pipeline.data import CifarArrays, CifarLoader, torchvision_train_transform
+from bench.baselines import torchvision_train_transform
+from pipeline.data import CifarArrays, CifarLoader
 from pipeline.models import build_model
-from pipeline.optimizers import build_optimizer
-from pipeline.train import Precision, train_one_epoch
+from pipeline.optimizers import OptimizerSettings, build_optimizer
+from pipeline.train import Member, Precision, train_epoch
 
 MODELS = ("resnet18", "resnet18_imagenet")
 NOTEBOOK_BATCH = 32  # the notebook's, and our runs' default (params.yaml cifar.batch_size)
@@ -67,13 +68,13 @@ def ours_images_per_s(name: str, x: np.ndarray, y: np.ndarray, batch: int, devic
     precision = Precision(device, bf16=True, channels_last=True)
     model = seeded_model(name, device, precision)
     # The notebook's SGD(lr=0.001, momentum=0.9); fused/foreach kernels on CUDA, as our cifar runs build it.
-    optimizer = build_optimizer("momentum", model.parameters(), fast=cuda)
+    member = Member(model, build_optimizer(OptimizerSettings("momentum"), model.parameters(), fast=cuda))
     count = plan.timed * batch
     # Loaders are built outside the timing: the upload to the device happens once per run, not per epoch.
     warm = CifarLoader(x[:plan.warmup * batch], y[:plan.warmup * batch], batch, train=True, device=device)
     timed = CifarLoader(x[:count], y[:count], batch, train=True, seed=1, device=device, drop_last=True)
-    train_one_epoch(model, warm, optimizer, None, precision, show_progress=False)
-    seconds = best_seconds(lambda: train_one_epoch(model, timed, optimizer, None, precision, show_progress=False),
+    train_epoch([member], warm, precision, show_progress=False)
+    seconds = best_seconds(lambda: train_epoch([member], timed, precision, show_progress=False),
                            1, device)
     return count / seconds
 
@@ -91,7 +92,7 @@ def _note(batch: int, plan: Plan, base_plan: Plan, device: torch.device, gflops:
           base: float) -> str:
     """How one cifar row was measured, and the arithmetic rate each loop reached."""
     ours_precision = "bf16 autocast" if Precision(device, bf16=True).autocast_bf16 else "fp32"
-    return (f"ours: CifarLoader (uint8 on {device.type}) + train_one_epoch in {ours_precision}, batch {batch}, "
+    return (f"ours: CifarLoader (uint8 on {device.type}) + train_epoch in {ours_precision}, batch {batch}, "
             f"{plan.timed * batch} images timed after {plan.warmup} warm-up batch(es); notebook: fp32, batch "
             f"{NOTEBOOK_BATCH}, {base_plan.timed * NOTEBOOK_BATCH} images after {base_plan.warmup}; best of "
             f"{plan.rounds} alternating rounds; {gflops:.3g} GFLOP/image fwd+bwd, so ours runs "

@@ -10,7 +10,7 @@ from bench.machine import best_seconds, log
 from bench.table import Row, met, times
 from pipeline.data import CifarLoader
 from pipeline.models import build_model
-from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, build_optimizer
+from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, OptimizerSettings, build_optimizer
 from pipeline.train import Member, Precision, train_epoch
 
 OPTIMIZERS = (*NOTEBOOK_OPTIMIZERS, "nesterov")  # the notebook's seven and the nesterov it promised
@@ -28,7 +28,7 @@ def build_members(model: str, names: tuple[str, ...], device: torch.device, prec
         net = build_model(model).to(device)
         if precision.channels_last and device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
-        members.append(Member(net, build_optimizer(name, net.parameters(), fast=device.type == "cuda")))
+        members.append(Member(net, build_optimizer(OptimizerSettings(name), net.parameters(), fast=device.type == "cuda")))
     return members
 
 

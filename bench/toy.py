@@ -11,6 +11,7 @@ from bench.machine import best_seconds, interleaved_best, log
 from bench.table import Row, met, rate, times
 from pipeline.descent import Trajectory, run_descent, starting_points
 from pipeline.functions import get_function
+from pipeline.optimizers import OptimizerSettings
 
 FUNCTION = "ackley"  # the notebook's function
 OPTIMIZER = "sgd"  # plain gradient descent: the same update as the notebook's loop, so the work compares
@@ -21,7 +22,8 @@ CHECKED = 4  # starts run by both, whose paths must agree
 
 def _ours(starts: torch.Tensor, steps: int) -> Trajectory:
     """All starts at once, compiled; tolerance 0 so every point runs every step (nothing stops early)."""
-    return run_descent(get_function(FUNCTION), OPTIMIZER, starts, steps, tolerance=0.0, compiled=True, lr=LR)
+    return run_descent(get_function(FUNCTION), OptimizerSettings(OPTIMIZER, lr=LR), starts, steps, tolerance=0.0,
+                       compiled=True)
 
 
 def _baseline(starts: np.ndarray, steps: int) -> np.ndarray:

@@ -1,16 +1,40 @@
-"""`python -m bench` smoke test: the table prints with measured ratios; speed itself is never asserted."""
+"""`python -m bench` smoke test: the table prints with measured ratios that add up, and the baseline and ours
+computed the same descent; speed itself is never asserted (machines differ)."""
 import re
 import subprocess
 import sys
 
 from conftest import REPO
 
+SAME_PATHS = re.compile(r"^- (toy \d+ starts): same paths: final positions of (\d+) shared starts differ by at most "
+                        r"(\S+)$", re.MULTILINE)
+GAP_TOLERANCE = 1e-8  # both run float64; the compiled and the numpy loops differ by ~1e-11 after 100 steps
+
+
+def _number(cell: str) -> float:
+    """'12,700,000 point-steps/s' -> 12700000.0; '270.3x' -> 270.3."""
+    match = re.match(r"[\d,]+(\.\d+)?", cell.strip())
+    assert match, cell
+    return float(match.group(0).replace(",", ""))
+
 
 def test_quick_bench_prints_a_table_with_ratios():
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--rows", "toy"], cwd=REPO, text=True,
                           capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("toy ")]
-    assert rows and all(re.search(r"\d+(\.\d+)?x", row) for row in rows), done.stdout
     assert "command: python -m bench --quick --rows toy" in done.stdout
-    assert "same paths: final positions" in done.stdout  # the baseline and ours computed the same descent
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("row "))
+    assert [cell.strip() for cell in header.split("|")] == ["row", "ours", "baseline", "ratio", "target", "met?"]
+    rows = [[cell.strip() for cell in line.split("|")] for line in lines if line.startswith("toy ") and "|" in line]
+    assert [row[0] for row in rows] == ["toy 4096 starts"], done.stdout  # --quick: one toy row
+    for name, ours, baseline, ratio, target, met in rows:
+        assert ours.endswith("point-steps/s") and baseline.endswith("point-steps/s"), (ours, baseline)
+        assert ratio.endswith("x") and _number(ours) > 0 and _number(baseline) > 0 and _number(ratio) > 0
+        # the ratio is ours / baseline (the printed rates are rounded to 3 significant figures)
+        assert abs(_number(ratio) / (_number(ours) / _number(baseline)) - 1) < 0.01, (ours, baseline, ratio)
+        assert met == ("yes" if _number(ratio) >= _number(target.lstrip(">= ")) else "NO"), (ratio, target, met)
+    gaps = {name: (int(checked), float(gap)) for name, checked, gap in SAME_PATHS.findall(done.stdout)}
+    assert set(gaps) == {row[0] for row in rows}, done.stdout
+    for name, (checked, gap) in gaps.items():
+        assert checked >= 1 and 0 <= gap <= GAP_TOLERANCE, (name, checked, gap)  # the same descent, not a note

@@ -11,7 +11,8 @@ from conftest import SHARED_SUBSET, new_experiment, runs_of
 from pipeline import cli
 from pipeline.checkpoint import restore_checkpoint, save_checkpoint
 from pipeline.cifar import CHECKPOINT, build_loaders, build_trainer
-from pipeline.config import build_config, config_hash
+from pipeline.config import build_config
+from pipeline.provenance import config_hash
 from pipeline.data import load_cifar10
 from pipeline.errors import UsageError
 from pipeline.train import FitState

@@ -1,49 +1,17 @@
 """The `compare` sweep: parent and children in the store, overlays, summaries, reuse, redraw, champion."""
 import csv
 import io
-import math
 
 import mlflow
 import pytest
 
-from conftest import (SHARED_SUBSET, artifact_files, metric_history, new_experiment, run_cli,
+from conftest import (SHARED_SUBSET, artifact_files, cli, metric_history, new_experiment, run_cli,
                       runs_of)
-from pipeline import compare
-from pipeline.compare import RunRecord
 from pipeline.optimizers import optimizer_names
 
 TOY_PLOTS = {"plots/contour.png", "plots/surface.png", "plots/loss.png", "plots/paths.gif"}
 CIFAR_PLOTS = {"plots/train_accuracy.png", "plots/train_loss.png", "plots/test_accuracy.png",
                "plots/test_loss.png", "plots/test_accuracy_vs_time.png"}
-
-
-def _record(name, best, diverged=False, status="FINISHED", epoch_times=(2.0, 3.0)):
-    metrics = {"best_val_acc": [(1, best / 2), (2, best)], "val_acc": [(1, best / 2), (2, best)],
-               "epoch_time": list(enumerate(epoch_times, 1))}
-    return RunRecord(f"id-{name}", status, {"optimizer": name}, {"diverged": str(diverged).lower()}, metrics)
-
-
-def test_summary_puts_the_best_first_and_diverged_last():
-    records = [_record("adam", 0.5), _record("sgd", 0.9, diverged=True), _record("asgd", 0.7)]
-    rows = compare.summary_rows("cifar", records)
-    assert [r["optimizer"] for r in rows] == ["asgd", "adam", "sgd"]
-    assert rows[0]["mean_epoch_time"] == 2.5 and rows[2]["diverged"] == "yes"
-    assert math.isnan(rows[0]["time_to_target"])
-    table = list(csv.DictReader(io.StringIO(compare.summary_csv(rows))))
-    assert table[0]["optimizer"] == "asgd" and table[0]["time_to_target"] == ""
-    assert "| asgd | 0.7 |" in compare.summary_markdown(rows, "t")
-
-
-def test_champion_skips_diverged_and_unfinished_runs():
-    records = [_record("sgd", 0.9, diverged=True), _record("adam", 0.95, status="FAILED"), _record("asgd", 0.4)]
-    assert compare.champion(records).label == "asgd"
-    assert compare.champion(records[:2]) is None
-
-
-def test_overlay_against_time_uses_cumulative_training_seconds():
-    lines = compare.overlay([_record("adam", 0.5)], "val_acc", x_key="epoch_time")
-    assert lines == {"adam": ([2.0, 5.0], [0.25, 0.5])}
-    assert compare.overlay([_record("adam", 0.5)], "val_acc") == {"adam": ([1.0, 2.0], [0.25, 0.5])}
 
 
 def _children(client, parent_id: str, experiment: str) -> list:
@@ -59,7 +27,7 @@ def test_toy_sweep_logs_a_child_per_optimizer_overlays_and_reuses_them(tracking)
     experiment = new_experiment()
     args = ("compare", "--task", "toy", "--function", "rosenbrock", "--lr", "0.01", "--steps", "60",
             "--experiment", experiment)
-    done = run_cli(*args)
+    done = run_cli(*args)  # compare's one test in a real process; the other calls run in-process
     assert done.returncode == 0, done.stderr[-3000:]
     (parent,) = [r for r in runs_of(tracking, experiment) if r.data.tags.get("task") == "compare"]
     children = _children(tracking, parent.info.run_id, experiment)
@@ -73,14 +41,14 @@ def test_toy_sweep_logs_a_child_per_optimizer_overlays_and_reuses_them(tracking)
                                                                              "loss")[1][-1], rel=1e-3)
     assert parent.data.params["function"] == "rosenbrock" and parent.data.params["task"] == "toy"
 
-    again = run_cli(*args)
+    again = cli(*args)
     assert again.returncode == 0 and again.stdout.count("reusing finished run") == len(optimizer_names())
     runs = runs_of(tracking, experiment)
     assert len(runs) == 2 + len(optimizer_names())  # a second parent, no new children
     newest_parent = runs[0]
     assert {row["reused"] for row in _summary(newest_parent.info.run_id)} == {"yes"}
 
-    redraw = run_cli("compare", "--from_runs", parent.info.run_id, "--experiment", experiment)
+    redraw = cli("compare", "--from_runs", parent.info.run_id, "--experiment", experiment)
     assert redraw.returncode == 0, redraw.stderr[-2000:]
     redrawn = runs_of(tracking, experiment)[0]
     assert redrawn.data.tags["redrawn_from"] == parent.info.run_id
@@ -97,10 +65,42 @@ def test_sweep_params_are_validated_before_any_run(tracking):
                           (["--task", "cifar", "--lockstep", "true", "--data_dir", "/nonexistent", "--download",
                             "false"], "no CIFAR-10 in /nonexistent"),
                           (["--from_runs", "no-such-thing"], "from_runs: no toy runs found")):
-        done = run_cli("compare", *args, "--experiment", experiment)
+        done = cli("compare", *args, "--experiment", experiment)
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
     assert tracking.get_experiment_by_name(experiment) is None or not runs_of(tracking, experiment)
+
+
+def test_from_runs_an_experiment_name_redraws_its_newest_run_per_optimizer(tracking):
+    source, target = new_experiment(), new_experiment()
+    base = ("compare", "--task", "toy", "--optimizers", "sgd,adam,nesterov", "--function", "booth",
+            "--steps", "40", "--experiment", source)
+    for lr in ("0.01", "0.05"):  # two sweeps with different settings: the second's runs are the newest
+        done = cli(*base, "--lr", lr)
+        assert done.returncode == 0, done.stderr[-3000:]
+    newest_parent = next(r for r in runs_of(tracking, source) if r.data.tags.get("task") == "compare")
+    assert newest_parent.data.params["lr"] == "0.05"
+    newest = {row["optimizer"]: row for row in _summary(newest_parent.info.run_id)}
+    assert {row["reused"] for row in newest.values()} == {"no"}  # the second sweep trained its own children
+    source_runs = {r.info.run_id for r in runs_of(tracking, source)}
+    assert len(source_runs) == 2 * (1 + 3)
+
+    redraw = cli("compare", "--from_runs", source, "--experiment", target)
+    assert redraw.returncode == 0, redraw.stderr[-3000:]
+    assert {r.info.run_id for r in runs_of(tracking, source)} == source_runs  # nothing trained or added
+    (parent,) = runs_of(tracking, target)  # the new parent only: no child runs in either experiment
+    assert parent.data.tags["task"] == "compare" and parent.data.tags["redrawn_from"] == source
+    assert artifact_files(tracking, parent.info.run_id) == TOY_PLOTS | {"summary.csv", "summary.md"}
+    rows = _summary(parent.info.run_id)
+    assert [row["optimizer"] for row in rows] == list(newest)  # same order: best first
+    for row in rows:
+        original = newest[row["optimizer"]]
+        assert row["run_id"] == original["run_id"]
+        for column in ("final_loss", "distance_to_min"):
+            assert float(row[column]) == pytest.approx(float(original[column]), rel=1e-12), column
+        for column in ("steps_to_converge", "diverged", "status"):
+            assert row[column] == original[column], column
+        assert row["reused"] == "yes"
 
 
 @pytest.mark.slow
@@ -127,7 +127,7 @@ def test_cifar_sweep_as_in_the_issue(tracking, cifar_sweep):
 
 def test_the_parent_records_which_children_got_a_setting_only_some_take():
     from pipeline.config import build_compare
-    from pipeline.sweep import shared_params
+    from pipeline.compare import shared_params
 
     params = shared_params(build_compare({"optimizers": "sgd,adam,nesterov", "momentum": "0.5"}))
     assert params["momentum_applies_to"] == "sgd,nesterov" and "momentum" not in params

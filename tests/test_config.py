@@ -1,6 +1,7 @@
 """Config: params.yaml holds every default and validates; overrides are typed and checked up front."""
 import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import yaml
 
 from pipeline.config import CONFIGS, PARAMS_FILE, build_compare, build_config, parse_point
 from pipeline.errors import UsageError
+from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, optimizer_names
 
 
 def test_params_yaml_has_a_complete_section_per_entry_point():
@@ -18,9 +20,45 @@ def test_params_yaml_has_a_complete_section_per_entry_point():
 
 
 @pytest.mark.parametrize("section", [name for name in CONFIGS if name != "predict"])
-def test_defaults_validate(section):
+def test_defaults_are_params_yaml_values_with_their_field_types(section):
+    section_values = yaml.safe_load(PARAMS_FILE.read_text())[section]
     config = build_config(section)
-    assert dataclasses.asdict(config)  # built without error, every field set
+    hints = typing.get_type_hints(CONFIGS[section])
+    for name, written in section_values.items():
+        value = getattr(config, name)
+        if written is None:  # null: unset, resolved later (e.g. the optimizer's own lr)
+            assert value is None, name
+            continue
+        wanted = next(t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None))
+        assert type(value) is wanted, (name, value, wanted)
+        assert value == (wanted(written) if wanted is float else written), (name, value, written)
+
+
+def test_default_configs_hold_the_documented_settings():
+    toy = build_config("toy")
+    assert (toy.optimizer, toy.function, toy.lr, toy.momentum, toy.steps, toy.start, toy.tolerance, toy.seed,
+            toy.experiment) == ("adam", "ackley", None, None, 500, "default", 1e-6, 0, "optlab-toy")
+    assert toy.optimizer_settings.kwargs["lr"] == 0.001  # adam's own default fills the unset lr
+    assert toy.start_point() is None
+    cifar = build_config("cifar")
+    # the notebook's setting: SGD with momentum, batch 32, 5 epochs, every image, no schedule
+    assert (cifar.optimizer, cifar.batch_size, cifar.epochs, cifar.train_limit, cifar.val_limit,
+            cifar.scheduler) == ("momentum", 32, 5, 0, 0, "none")
+    assert (cifar.model, cifar.pretrained, cifar.data_dir, cifar.download, cifar.device) == (
+        "resnet18", False, "data", True, "auto")
+    assert (cifar.seed, cifar.target_acc, cifar.resume, cifar.checkpoint_every_s, cifar.log_model,
+            cifar.register, cifar.model_name, cifar.experiment) == (0, 0.8, False, 60.0, True, False,
+                                                                    "optlab-cifar", "optlab-cifar")
+    compare = build_compare()
+    assert (compare.task, compare.optimizers, compare.rerun, compare.from_runs, compare.lockstep,
+            compare.experiment) == ("toy", "default", False, "", False, "optlab-compare")
+    assert [child.optimizer for child in compare.children] == optimizer_names()
+    # each child: toy's defaults with its own optimizer, logged in the sweep's experiment
+    assert all(dataclasses.replace(child, optimizer="adam", experiment="optlab-toy") == toy
+               and child.experiment == "optlab-compare" for child in compare.children)
+    cifar_sweep = build_compare({"task": "cifar"})
+    assert [child.optimizer for child in cifar_sweep.children] == [*NOTEBOOK_OPTIMIZERS, "nesterov"]
+    assert all(child.register and child.epochs == 5 for child in cifar_sweep.children)  # champion needs models
 
 
 def test_predict_needs_a_model_uri_and_says_so():

@@ -6,7 +6,7 @@ from torch._dynamo.utils import counters
 
 from pipeline.descent import _outcome_steps, run_descent, starting_points
 from pipeline.functions import FUNCTIONS
-from pipeline.optimizers import optimizer_names
+from pipeline.optimizers import OptimizerSettings, optimizer_names
 
 # (function, optimizer, lr, steps): settings under which each optimizer must reach the global minimum.
 CONVERGES = [
@@ -26,8 +26,8 @@ START = {"ackley": (0.4, 0.3)}
 
 def _one(name: str, start, optimizer: str, lr: float, steps: int, tolerance: float = 1e-8, **hparams):
     fn = FUNCTIONS[name]
-    return run_descent(fn, optimizer, torch.tensor([start], dtype=torch.float64), steps, tolerance, lr=lr,
-                       **hparams)
+    return run_descent(fn, OptimizerSettings(optimizer, lr=lr, **hparams), torch.tensor([start], dtype=torch.float64),
+                       steps, tolerance)
 
 
 def test_the_grid_covers_every_optimizer():
@@ -48,9 +48,9 @@ def test_reaches_the_global_minimum(name, optimizer, lr, steps):
 def test_batched_points_equal_separate_runs():
     fn = FUNCTIONS["himmelblau"]
     starts = starting_points(fn, 5, seed=3)
-    batched = run_descent(fn, "adam", starts, 50, tolerance=0.0, lr=0.1)
+    batched = run_descent(fn, OptimizerSettings("adam", lr=0.1), starts, 50, tolerance=0.0)
     for index in range(5):
-        single = run_descent(fn, "adam", starts[index: index + 1], 50, tolerance=0.0, lr=0.1)
+        single = run_descent(fn, OptimizerSettings("adam", lr=0.1), starts[index: index + 1], 50, tolerance=0.0)
         np.testing.assert_allclose(batched.positions[:, index], single.positions[:, 0], rtol=1e-12)
         np.testing.assert_allclose(batched.losses[:, index], single.losses[:, 0], rtol=1e-12)
 
@@ -86,9 +86,9 @@ def test_random_starts_are_seeded_and_inside_the_window():
 def test_the_compiled_step_follows_the_same_paths(name, optimizer):
     fn = FUNCTIONS[name]
     starts = starting_points(fn, 64, seed=5)
-    eager = run_descent(fn, optimizer, starts, 60, tolerance=1e-3, lr=1e-3)
+    eager = run_descent(fn, OptimizerSettings(optimizer, lr=1e-3), starts, 60, tolerance=1e-3)
     graphs = counters["stats"]["unique_graphs"]
-    compiled = run_descent(fn, optimizer, starts, 60, tolerance=1e-3, lr=1e-3, compiled=True)
+    compiled = run_descent(fn, OptimizerSettings(optimizer, lr=1e-3), starts, 60, tolerance=1e-3, compiled=True)
     assert counters["stats"]["unique_graphs"] > graphs  # it really compiled (no silent eager fallback)
     assert compiled.steps_taken == eager.steps_taken
     np.testing.assert_allclose(compiled.positions, eager.positions, rtol=1e-9, atol=1e-12)
@@ -112,7 +112,7 @@ def test_starts_at_and_next_to_the_ackley_cusp_stay_finite(compiled):
     fn = FUNCTIONS["ackley"]
     starts = torch.tensor([[0.0, 0.0], [1e-160, 1e-160], [1e-300, 0.0]], dtype=torch.float64)
     # A negative tolerance never converges, so every step runs and is checked.
-    traj = run_descent(fn, "adam", starts, 50, tolerance=-1.0, lr=0.01, compiled=compiled)
+    traj = run_descent(fn, OptimizerSettings("adam", lr=0.01), starts, 50, tolerance=-1.0, compiled=compiled)
     assert traj.steps_taken == 50 and (traj.diverged_step == -1).all()
     assert np.isfinite(traj.losses).all() and np.isfinite(traj.positions).all()
     assert (traj.positions[:, 0] == 0).all()  # the subgradient 0 leaves the minimum in place
@@ -133,7 +133,7 @@ def test_a_blow_up_after_convergence_is_not_divergence():
     converged = _one("rosenbrock", (1.05, 1.0), "sgd", 10.0, 500, tolerance=2.0)
     assert (converged.converged_step[0], converged.diverged_step[0], converged.steps_taken) == (0, -1, 0)
     fn = FUNCTIONS["rosenbrock"]
-    both = run_descent(fn, "sgd", torch.tensor([[1.05, 1.0], [-1.2, 1.0]], dtype=torch.float64), 500, 2.0,
-                       lr=10.0)
+    both = run_descent(fn, OptimizerSettings("sgd", lr=10.0), torch.tensor([[1.05, 1.0], [-1.2, 1.0]],
+                                                                         dtype=torch.float64), 500, 2.0)
     assert both.converged_step.tolist() == [0, -1] and both.diverged_step.tolist() == [-1, 4]
     assert both.steps_taken == 4  # trimmed at the last outcome, the other point's divergence

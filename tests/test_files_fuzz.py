@@ -1,6 +1,6 @@
 """Hostile and damaged files: each one, fed to the command line, gives exit code 2 and one `error:` line.
 
-Every case runs `pipeline.cli.main` in-process (fast) against a file built here: empty, truncated, of the
+Every case runs `pipeline.cli.main` in-process (conftest.cli: fast) against a file built here: empty, truncated, of the
 wrong type, the right type with the wrong contents, or random bytes. A case list per kind of file plus one
 test per way of giving it (data_dir, predict input) keeps new kinds (checkpoints, params.yaml) easy to add:
 write a CASES dict of name -> bytes builder and a test that places the file and calls assert_one_line_exit_2.
@@ -18,18 +18,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import new_experiment
-from pipeline import cli
-from pipeline.data import load_cifar10, read_images, write_cifar_batches
+from conftest import cli, new_experiment
+from cifar_files import write_cifar_batches
+from pipeline.data import load_cifar10
+from pipeline.images import read_images
 
 
-def assert_one_line_exit_2(capsys, argv: list[str], *names: str) -> str:
+def assert_one_line_exit_2(argv: list[str], *names: str) -> str:
     """Run `python -m pipeline ARGV` in-process: exit code 2, exactly one stderr line `error: ...` holding
     each of names, no traceback; returns that line."""
-    capsys.readouterr()  # drop what earlier steps printed
-    code = cli.main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
+    done = cli(*argv)
+    err = done.stderr
+    assert done.returncode == 2, err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for name in names:
@@ -163,31 +163,31 @@ def test_the_undamaged_files_load(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", BATCH_CASES)
-def test_bad_batch_file_in_data_dir(tracking, capsys, tmp_path: Path, case: str) -> None:
+def test_bad_batch_file_in_data_dir(tracking, tmp_path: Path, case: str) -> None:
     batches = official_layout(tmp_path / "data")
     (batches / "data_batch_2").write_bytes(BATCH_CASES[case]())
-    assert_one_line_exit_2(capsys, cifar_argv(tmp_path / "data", new_experiment()), str(batches / "data_batch_2"))
+    assert_one_line_exit_2(cifar_argv(tmp_path / "data", new_experiment()), str(batches / "data_batch_2"))
 
 
 @pytest.mark.parametrize("case", BATCH_CASES)
-def test_bad_batch_file_given_to_predict(tracking, capsys, tmp_path: Path, case: str) -> None:
+def test_bad_batch_file_given_to_predict(tracking, tmp_path: Path, case: str) -> None:
     path = tmp_path / "test_batch"
     path.write_bytes(BATCH_CASES[case]())
-    assert_one_line_exit_2(capsys, predict_argv(path), str(path))
+    assert_one_line_exit_2(predict_argv(path), str(path))
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES)
-def test_bad_image_given_to_predict(tracking, capsys, tmp_path: Path, case: str) -> None:
+def test_bad_image_given_to_predict(tracking, tmp_path: Path, case: str) -> None:
     name, build = IMAGE_CASES[case]
     path = tmp_path / name
     path.write_bytes(build())
-    assert_one_line_exit_2(capsys, predict_argv(path), "cannot read image", str(path))
+    assert_one_line_exit_2(predict_argv(path), "cannot read image", str(path))
 
 
 @pytest.mark.parametrize("case", ["truncated-png", "random-jpg"])
-def test_bad_image_in_a_folder_given_to_predict(tracking, capsys, tmp_path: Path, case: str) -> None:
+def test_bad_image_in_a_folder_given_to_predict(tracking, tmp_path: Path, case: str) -> None:
     name, build = IMAGE_CASES[case]
     (tmp_path / "images" / "cat").mkdir(parents=True)
     (tmp_path / "images" / "cat" / "fine.png").write_bytes(png_bytes())
     (tmp_path / "images" / "cat" / name).write_bytes(build())
-    assert_one_line_exit_2(capsys, predict_argv(tmp_path / "images"), str(tmp_path / "images" / "cat" / name))
+    assert_one_line_exit_2(predict_argv(tmp_path / "images"), str(tmp_path / "images" / "cat" / name))

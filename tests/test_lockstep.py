@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_SUBSET, metric_history, new_experiment, run_cli, runs_of
+from conftest import SHARED_SUBSET, cli, metric_history, new_experiment, runs_of
 from pipeline.data import CifarLoader
 from pipeline.models import build_model
-from pipeline.optimizers import build_optimizer
-from pipeline.train import Member, Precision, fit, fit_lockstep
+from pipeline.optimizers import OptimizerSettings, build_optimizer
+from pipeline.train import Member, Precision, fit
 
 CPU = Precision(torch.device("cpu"))
 OPTIMIZERS = ("momentum", "adam", "adadelta")
@@ -23,7 +23,7 @@ def _data(count: int, seed: int):
 def _member(name: str) -> Member:
     torch.manual_seed(0)  # the same initial weights for every optimizer, as the cifar entry point does
     model = build_model("tiny_cnn")
-    return Member(model, build_optimizer(name, model.parameters()))
+    return Member(model, build_optimizer(OptimizerSettings(name), model.parameters()))
 
 
 def _loaders():
@@ -35,10 +35,10 @@ def test_lockstep_equals_solo_runs_exactly_on_cpu():
     histories = {}
     for name in OPTIMIZERS:
         member, (train, val) = _member(name), _loaders()
-        state = fit(member.model, member.optimizer, None, train, val, 3, CPU, 0.5, lambda *args: None)
+        (state,) = fit([member], train, val, 3, CPU, 0.5, [lambda *args: None])
         histories[name] = state.history
     members, (train, val) = [_member(name) for name in OPTIMIZERS], _loaders()
-    states = fit_lockstep(members, train, val, 3, CPU, 0.5, [lambda *args: None] * 3)
+    states = fit(members, train, val, 3, CPU, 0.5, [lambda *args: None] * 3)
     for name, state in zip(OPTIMIZERS, states):
         for solo, joint in zip(histories[name], state.history):
             for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
@@ -50,8 +50,8 @@ def test_a_diverging_member_stops_while_the_others_go_on():
     members, (train, val) = [_member("sgd"), _member("adam")], _loaders()
     members[0].optimizer.param_groups[0]["lr"] = 1e30
     epochs = []
-    states = fit_lockstep(members, train, val, 2, CPU, 0.5,
-                          [lambda e, *r: epochs.append(("sgd", e)), lambda e, *r: epochs.append(("adam", e))])
+    states = fit(members, train, val, 2, CPU, 0.5,
+                 [lambda e, *r: epochs.append(("sgd", e)), lambda e, *r: epochs.append(("adam", e))])
     assert states[0].diverged.startswith("train_loss is nan in epoch 1") and states[0].epoch == 0
     assert states[1].epoch == 2 and not states[1].diverged
     assert epochs == [("adam", 1), ("adam", 2)]
@@ -62,14 +62,14 @@ def test_lockstep_sweep_children_equal_solo_cifar_runs_in_the_store(tracking):
     common = ("--model", "tiny_cnn", "--epochs", "2", "--train_limit", "256", "--val_limit", "64",
               "--data_dir", str(SHARED_SUBSET), "--system_metrics", "false", "--log_model", "false")
     joint, solo = new_experiment(), new_experiment()
-    done = run_cli("compare", "--task", "cifar", "--optimizers", "momentum,adam", "--lockstep", "true",
+    done = cli("compare", "--task", "cifar", "--optimizers", "momentum,adam", "--lockstep", "true",
                    "--experiment", joint, *common)
     assert done.returncode == 0, done.stderr[-3000:]
     children = [r for r in runs_of(tracking, joint) if r.data.tags.get("lockstep") == "true"]
     assert sorted(c.data.params["optimizer"] for c in children) == ["adam", "momentum"]
     for child in children:
         name = child.data.params["optimizer"]
-        assert run_cli("cifar", "--optimizer", name, "--experiment", solo, *common).returncode == 0
+        assert cli("cifar", "--optimizer", name, "--experiment", solo, *common).returncode == 0
         (single,) = [r for r in runs_of(tracking, solo) if r.data.params["optimizer"] == name]
         for key in ("train_loss", "val_loss", "val_acc"):
             steps, values = metric_history(tracking, child.info.run_id, key)

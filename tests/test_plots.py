@@ -4,7 +4,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline import plots, sweep
+from pipeline import compare, plots
 from pipeline.functions import get_function
 
 
@@ -43,7 +43,7 @@ def test_gif_frames_grow_the_paths_and_end_on_the_full_contour_plot(tmp_path):
     assert changed(first) > 5 * max(changed(last), 1e-4)  # the first frame lacks most of each path
 
     gif = tmp_path / "paths.gif"
-    sweep.write_gif(frames, gif, fps=12)
+    compare.write_gif(frames, gif, fps=12)
     with Image.open(gif) as stored:
         # 1000/12 ms per frame, stored in whole centiseconds
         assert stored.n_frames == 10 and stored.info["duration"] == 80 and stored.info["loop"] == 0

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from conftest import SHARED_SUBSET, metric_history, new_experiment, run_cli, runs_of
-from pipeline.data import CIFAR_CLASSES, MAX_IMAGE_SIDE, load_cifar10, read_images, write_cifar_batches
+from conftest import SHARED_SUBSET, cli, metric_history, new_experiment, run_cli, runs_of
+from cifar_files import write_cifar_batches
+from pipeline.data import CIFAR_CLASSES, load_cifar10
+from pipeline.images import MAX_IMAGE_SIDE, read_images
 from pipeline.errors import UsageError
 from test_files_fuzz import assert_one_line_exit_2, hostile_pickle, predict_argv
 
@@ -58,21 +60,22 @@ def test_cli_refuses_bad_inputs_with_one_line(tracking, tmp_path):
                           (["--input", str(tmp_path / "broken.png")], "cannot read image"),
                           (["--input", str(tmp_path)], "cannot read image"),
                           ([], "model_uri: expected a model URI")):
-        done = run_cli("predict", "--model_uri", "models:/none@champion", *args) if args else \
-            run_cli("predict", "--input", str(tmp_path))
+        done = cli("predict", "--model_uri", "models:/none@champion", *args) if args else \
+            cli("predict", "--input", str(tmp_path))
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
     images = np.zeros((1, 32, 32, 3), np.uint8)
     Image.fromarray(images[0]).save(tmp_path / "ok.png")
     (tmp_path / "broken.png").unlink()
-    done = run_cli("predict", "--model_uri", "models:/no-such-model@champion", "--input", str(tmp_path / "ok.png"))
+    done = cli("predict", "--model_uri", "models:/no-such-model@champion", "--input", str(tmp_path / "ok.png"))
     assert done.returncode == 2 and "model_uri: cannot load 'models:/no-such-model@champion'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
 
 
-def test_cli_refuses_a_batch_file_asking_for_code(tracking, capsys, tmp_path):
+def test_cli_refuses_a_batch_file_asking_for_code(tracking, tmp_path):
     marker, path = tmp_path / "ran", tmp_path / "test_batch"
     path.write_bytes(hostile_pickle(marker))
-    line = assert_one_line_exit_2(capsys, predict_argv(path), f"{path} is not a plain CIFAR-10 batch")
+    line = assert_one_line_exit_2(predict_argv(path), f"{path} is not a plain CIFAR-10 batch")
     assert "asks to load pathlib.Path.touch" in line and line.endswith("refusing to load it")
     assert not marker.exists()
 
@@ -103,18 +106,18 @@ def decodes(monkeypatch):
 
 # (width, height) claimed: past PIL's own error (2 x 89M pixels), past its warning (89M), just past our cap.
 @pytest.mark.parametrize("size", [(100_000, 100_000), (10_000, 10_000), (MAX_IMAGE_SIDE + 1, MAX_IMAGE_SIDE)])
-def test_oversized_image_headers_are_refused_before_decoding(tracking, capsys, tmp_path, decodes, size):
+def test_oversized_image_headers_are_refused_before_decoding(tracking, tmp_path, decodes, size):
     path = tmp_path / "bomb.png"
     png_claiming(path, *size)
     start = time.perf_counter()
-    assert_one_line_exit_2(capsys, predict_argv(path), str(path), f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixel cap")
+    assert_one_line_exit_2(predict_argv(path), str(path), f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixel cap")
     assert time.perf_counter() - start < 5 and decodes == []
 
 
-def test_a_real_large_image_is_refused_and_one_at_the_cap_is_read(tracking, capsys, tmp_path, decodes):
+def test_a_real_large_image_is_refused_and_one_at_the_cap_is_read(tracking, tmp_path, decodes):
     Image.new("L", (5000, 5000), 7).save(tmp_path / "big.png")  # one colour: 25M pixels in a few KB
     assert (tmp_path / "big.png").stat().st_size < 100_000
-    assert_one_line_exit_2(capsys, predict_argv(tmp_path / "big.png"), str(tmp_path / "big.png"), "pixel cap")
+    assert_one_line_exit_2(predict_argv(tmp_path / "big.png"), str(tmp_path / "big.png"), "pixel cap")
     assert decodes == []
     Image.new("L", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), 7).save(tmp_path / "cap.png")
     read = read_images(tmp_path / "cap.png")
@@ -123,6 +126,7 @@ def test_a_real_large_image_is_refused_and_one_at_the_cap_is_read(tracking, caps
 
 
 def test_cli_process_refuses_a_decompression_bomb_with_one_line(tracking, tmp_path):
+    # predict's one test in a real process: PIL's own warning would reach the process's stderr.
     png_claiming(tmp_path / "bomb.png", 10_000, 10_000)  # PIL itself warns (on stderr) about this one
     done = run_cli(*predict_argv(tmp_path / "bomb.png"))
     assert done.returncode == 2, done.stderr
@@ -140,8 +144,8 @@ def test_champion_predictions_match_its_logged_val_acc(tracking, cifar_sweep, tm
     data = load_cifar10(SHARED_SUBSET, download=False, val_limit=128)  # the sweep's val_limit
     _png_folder(tmp_path / "images", data.test_x, data.test_y)
     predict_experiment = new_experiment()
-    done = run_cli("predict", "--model_uri", f"models:/{model_name}@champion", "--input",
-                   str(tmp_path / "images"), "--experiment", predict_experiment)
+    done = cli("predict", "--model_uri", f"models:/{model_name}@champion", "--input",
+               str(tmp_path / "images"), "--experiment", predict_experiment)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.count("\t") == 2]
     assert len(lines) == 128 and all(line.split("\t")[1] in CIFAR_CLASSES for line in lines)

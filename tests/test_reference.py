@@ -6,6 +6,7 @@ import torch
 from pipeline import reference
 from pipeline.descent import run_descent
 from pipeline.functions import FUNCTIONS
+from pipeline.optimizers import OptimizerSettings
 
 ACKLEY = FUNCTIONS["ackley"]
 START, STEPS, LR = (-2.0, -2.0), 200, 0.05
@@ -17,7 +18,7 @@ def _ackley(x, y):
 
 def _torch_path(optimizer: str) -> np.ndarray:
     start = torch.tensor([START], dtype=torch.float64)
-    traj = run_descent(ACKLEY, optimizer, start, STEPS, tolerance=0.0, lr=LR)
+    traj = run_descent(ACKLEY, OptimizerSettings(optimizer, lr=LR), start, STEPS, tolerance=0.0)
     return traj.positions[:, 0]
 
 

@@ -1,17 +1,21 @@
-"""End to end: the `toy` entry point against a real SQLite tracking store, via the CLI and `mlflow run`."""
+"""End to end: the `toy` entry point against a real SQLite tracking store, via the CLI and `mlflow run`.
+
+One test runs `python -m pipeline toy` in a real process and two go through `mlflow run`; the others call the
+same command line in-process (conftest.cli), which skips seconds of imports per call."""
 import csv
 import io
 import os
 import time
 
+import mlflow
 import numpy as np
 import pytest
 
-from conftest import artifact_files, mlflow_run, metric_history, new_experiment, run_cli, runs_of
+from conftest import artifact_files, metric_history, mlflow_run, new_experiment, run_cli, runs_of
+from conftest import cli as run_in_process
 from pipeline import cli
-from pipeline import tracking as tracking_module
 from pipeline.config import build_config
-from pipeline.toy import run_toy
+from pipeline.toy import main as toy_main
 
 PLOTS = {"plots/contour.png", "plots/surface.png", "plots/loss.png"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,8 +61,8 @@ def _check_artifact_contents(run, loss: np.ndarray) -> None:
 
 def test_divergence_ends_the_run_failed_with_a_tag_and_exit_3(tracking):
     experiment = new_experiment()
-    done = run_cli("toy", "--optimizer", "sgd", "--function", "rosenbrock", "--lr", "10",
-                   "--experiment", experiment)
+    done = run_in_process("toy", "--optimizer", "sgd", "--function", "rosenbrock", "--lr", "10",
+                          "--experiment", experiment)
     assert done.returncode == 3
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -89,7 +93,7 @@ def test_a_start_at_the_ackley_cusp_converges_at_step_0(tracking, capsys):
 def test_bad_input_is_one_line_exit_2_and_no_run(tracking, args):
     experiment = new_experiment()
     began = time.monotonic()
-    done = run_cli("toy", *args, "--experiment", experiment)
+    done = run_in_process("toy", *args, "--experiment", experiment)
     assert done.returncode == 2
     assert time.monotonic() - began < 30  # generous: this only guards against hangs, not speed
     assert done.stdout == ""
@@ -98,13 +102,26 @@ def test_bad_input_is_one_line_exit_2_and_no_run(tracking, args):
 
 
 def test_metrics_go_out_in_batches_not_one_call_per_value(tracking, monkeypatch):
-    calls = []
-    original = tracking_module.log_metric_series
-    monkeypatch.setattr(tracking_module, "log_metric_series",
-                        lambda *a, **k: calls.append(original(*a, **k)) or calls[-1])
-    config = build_config("toy", {"optimizer": "adam", "steps": "500", "experiment": new_experiment()})
-    assert run_toy(config) == 0
-    assert calls == [2]  # 3 metrics x 501 steps = 1503 values in 2 calls of at most 1000
+    # Spy on what reaches MLflow itself (the spy still logs), not on our own wrapper's return value.
+    sent = []  # (run id, number of metric values) per log_batch call that carried metrics
+    original = mlflow.tracking.client.MlflowClient.log_batch
+
+    def spy(self, run_id, metrics=(), *args, **kwargs):
+        if metrics:
+            sent.append((run_id, len(metrics)))
+        return original(self, run_id, metrics, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.tracking.client.MlflowClient, "log_batch", spy)
+    experiment = new_experiment()
+    config = build_config("toy", {"optimizer": "adam", "steps": "500", "tolerance": "0",  # no early stop
+                                  "experiment": experiment})
+    assert toy_main(config) == 0
+    (run,) = runs_of(tracking, experiment)
+    # 3 metrics x 501 steps (0..500) = 1,503 values in 2 calls of at most 1,000 (MLflow's limit per call)
+    assert sent == [(run.info.run_id, 1000), (run.info.run_id, 503)]
+    for key in ("loss", "grad_norm", "distance_to_min"):
+        steps, values = metric_history(tracking, run.info.run_id, key)
+        assert steps == list(range(501)) and np.isfinite(values).all(), key
 
 
 @pytest.mark.slow

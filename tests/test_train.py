@@ -1,5 +1,6 @@
 """Training loops: the notebook's bugs stay fixed, metrics are right and read back once per epoch."""
 import ast
+import re
 from pathlib import Path
 
 import numpy as np
@@ -7,10 +8,10 @@ import pytest
 import torch
 
 from pipeline.data import CifarLoader
-from pipeline.errors import DivergedError
 from pipeline.models import build_model
-from pipeline.optimizers import build_optimizer, build_scheduler
-from pipeline.train import FitState, Precision, evaluate, fit, native_bf16, train_one_epoch
+from pipeline.optimizers import OptimizerSettings, build_optimizer
+from pipeline.schedulers import SCHEDULERS, build_scheduler
+from pipeline.train import FitState, Member, Precision, evaluate, fit, native_bf16, train_epoch
 
 CPU = Precision(torch.device("cpu"))
 
@@ -33,14 +34,23 @@ def _model(seed=0):
     return build_model("tiny_cnn")
 
 
+def _opt(name, model, **settings):
+    return build_optimizer(OptimizerSettings(name, **settings), model.parameters())
+
+
+def _fit(model, opt, train, val, epochs, target_acc, on_epoch, state=None):
+    """fit() for one member, as a solo cifar run calls it."""
+    return fit([Member(model, opt)], train, val, epochs, CPU, target_acc, [on_epoch], [state] if state else None)[0]
+
+
 def test_every_training_forward_runs_in_train_mode_even_after_evaluation():
     model, (train, val) = _model(), _loaders()
     modes = []
     model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
-    opt = build_optimizer("adam", model.parameters())
+    opt = _opt("adam", model)
     for _ in range(2):
         modes.clear()
-        train_one_epoch(model, train, opt, None, CPU)
+        train_epoch([Member(model, opt)], train, CPU)
         assert modes and all(modes), "a training batch ran in eval mode"
         modes.clear()
         evaluate(model, val, CPU)
@@ -49,8 +59,8 @@ def test_every_training_forward_runs_in_train_mode_even_after_evaluation():
 
 def test_val_accuracy_is_measured_on_the_val_set_not_the_train_set():
     model, (train, val) = _model(), _loaders()
-    opt = build_optimizer("adam", model.parameters(), lr=0.01)
-    train_metrics = train_one_epoch(model, train, opt, None, CPU)
+    opt = _opt("adam", model, lr=0.01)
+    (train_metrics,) = train_epoch([Member(model, opt)], train, CPU)
     val_metrics, confusion = evaluate(model, val, CPU)
     model.eval()
     with torch.no_grad():
@@ -73,20 +83,19 @@ def test_evaluation_is_deterministic_so_the_test_set_is_not_augmented():
 
 def test_metrics_are_read_from_the_device_once_per_epoch_not_per_step(monkeypatch):
     model, (train, _) = _model(), _loaders(train_n=160)
-    opt = build_optimizer("sgd", model.parameters(), lr=0.01)
+    opt = _opt("sgd", model, lr=0.01)
     reads = []
     original = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or original(self))
-    train_one_epoch(model, train, opt, None, CPU)
+    train_epoch([Member(model, opt)], train, CPU)
     assert len(train) == 10 and len(reads) <= 2  # loss and accuracy sums, once each
 
 
 def test_fit_reports_every_epoch_and_learns():
     model, (train, val) = _model(), _loaders()
-    opt = build_optimizer("adam", model.parameters(), lr=0.01)
+    opt = _opt("adam", model, lr=0.01)
     seen = []
-    state = fit(model, opt, None, train, val, 3, CPU, target_acc=0.01,
-                on_epoch=lambda epoch, metrics, confusion, st: seen.append((epoch, dict(metrics))))
+    state = _fit(model, opt, train, val, 3, 0.01, lambda epoch, metrics, confusion, st: seen.append((epoch, dict(metrics))))
     assert [epoch for epoch, _ in seen] == [1, 2, 3]
     assert state.epoch == 3 and len(state.history) == 3
     assert state.best_val_acc == max(m["val_acc"] for _, m in seen)
@@ -96,25 +105,29 @@ def test_fit_reports_every_epoch_and_learns():
 
 def test_fit_continues_from_a_saved_state():
     model, (train, val) = _model(), _loaders()
-    opt = build_optimizer("sgd", model.parameters(), lr=0.01)
+    opt = _opt("sgd", model, lr=0.01)
     epochs = []
-    fit(model, opt, None, train, val, 4, CPU, 0.99, lambda e, *rest: epochs.append(e),
-        state=FitState(epoch=2, train_seconds=5.0))
+    _fit(model, opt, train, val, 4, 0.99, lambda e, *rest: epochs.append(e), FitState(epoch=2, train_seconds=5.0))
     assert epochs == [3, 4]
 
 
-def test_a_huge_learning_rate_raises_diverged():
+def test_a_huge_learning_rate_ends_training_as_diverged():
     model, (train, val) = _model(), _loaders()
-    opt = build_optimizer("sgd", model.parameters(), lr=1e12)
-    with pytest.raises(DivergedError, match="train_loss is nan in epoch 1|train_loss is inf in epoch 1"):
-        fit(model, opt, None, train, val, 2, CPU, 0.5, lambda *args: None)
+    opt, epochs = _opt("sgd", model, lr=1e12), []
+    state = _fit(model, opt, train, val, 2, 0.5, lambda epoch, *rest: epochs.append(epoch))
+    assert re.fullmatch(r"train_loss is (nan|inf) in epoch 1", state.diverged) and epochs == [] and state.epoch == 0
+
+
+def test_the_scheduler_registry_holds_the_documented_schedules():
+    assert list(SCHEDULERS) == ["none", "cosine", "onecycle"]
+    assert build_scheduler("none", _opt("adam", _model()), total_steps=10) is None
 
 
 @pytest.mark.parametrize("name,final", [("cosine", 0.0), ("onecycle", None)])
 def test_schedulers_step_every_batch_over_the_whole_run(name, final):
     model = _model()
     for optimizer in ("momentum", "adam", "adadelta", "asgd"):
-        opt = build_optimizer(optimizer, model.parameters(), lr=0.1)
+        opt = _opt(optimizer, model, lr=0.1)
         schedule = build_scheduler(name, opt, total_steps=20)
         lrs = []
         for _ in range(20):
@@ -143,6 +156,6 @@ def test_bf16_autocasts_training_where_native_and_evaluation_stays_fp32():
     assert out.dtype == (torch.bfloat16 if bf16.autocast_bf16 else torch.float32)
     # Validation metrics describe the fp32 model that is logged and that predict runs: the same either way.
     model, (train, val) = _model(), _loaders()
-    train_one_epoch(model, train, build_optimizer("adam", model.parameters()), None, bf16)
+    train_epoch([Member(model, _opt("adam", model))], train, bf16)
     (plain, plain_confusion), (mixed, mixed_confusion) = evaluate(model, val, CPU), evaluate(model, val, bf16)
     assert plain["val_loss"] == mixed["val_loss"] and torch.equal(plain_confusion, mixed_confusion)
