@@ -28,7 +28,8 @@ def build_members(model: str, names: tuple[str, ...], device: torch.device, prec
         net = build_model(model).to(device)
         if precision.channels_last and device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
-        members.append(Member(net, build_optimizer(OptimizerSettings(name), net.parameters(), fast=device.type == "cuda")))
+        optimizer = build_optimizer(OptimizerSettings(name), net.parameters(), fast=device.type == "cuda")
+        members.append(Member(net, optimizer))
     return members
 
 

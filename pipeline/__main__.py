@@ -1,6 +1,14 @@
 """`python -m pipeline ...`: see pipeline.cli."""
+import os
 import sys
 
 from pipeline.cli import main
+from pipeline.errors import EXIT_BROKEN_PIPE
 
-sys.exit(main())
+try:
+    code = main()
+    sys.stdout.flush()
+except BrokenPipeError:  # the reader went away (`... | head`): nothing more to say, and no traceback
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush is quiet too
+    code = EXIT_BROKEN_PIPE
+sys.exit(code)

@@ -11,9 +11,9 @@ from typing import Sequence
 from pipeline.config import PARAMS_FILE, build_compare, build_config
 from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 
-# entry point -> (module, function) run with the validated config; imported only after validation
 # entry point -> module whose main(config) runs it; imported only after the params are validated
-ENTRIES = {"toy": "pipeline.toy", "cifar": "pipeline.cifar", "compare": "pipeline.compare", "predict": "pipeline.predict"}
+ENTRIES = {"toy": "pipeline.toy", "cifar": "pipeline.cifar", "compare": "pipeline.compare",
+           "predict": "pipeline.predict"}
 RUNNERS = {"demo": ("pipeline.demo", ("data_dir",))}  # commands without a params.yaml section
 LISTINGS = ("optimizers", "functions")
 
@@ -115,11 +115,7 @@ def dispatch(command: str, rest: list[str]) -> int:
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             raise UsageError(f"unknown param {unknown[0]!r} for {command}; valid: {', '.join(accepted)}")
-        runner = importlib.import_module(module).main
-        from pipeline.tracking.server import check_server
-
-        check_server()
-        return runner(**options)
+        return start(module, **options)
     if command in LISTINGS:
         print(listing(command))
         return EXIT_OK
@@ -131,7 +127,14 @@ def dispatch(command: str, rest: list[str]) -> int:
         return EXIT_OK
     overrides = parse_overrides(rest)
     config = build_compare(overrides) if command == "compare" else build_config(command, overrides)
-    runner = importlib.import_module(ENTRIES[command]).main
-    from pipeline.tracking.server import check_server  # the edge: the one check of the server
-    check_server()  # a server that is down or refuses our login: one line before any work or lookup
-    return runner(config)
+    return start(ENTRIES[command], config)
+
+
+def start(module: str, *args: object, **options: str) -> int:
+    """Import the entry module (only now: params were validated without torch), check the tracking server (the
+    edge: the one check, so a server that is down or refuses our login is one line before any work), run main."""
+    runner = importlib.import_module(module).main
+    from pipeline.tracking.server import check_server
+
+    check_server()
+    return runner(*args, **options)

@@ -13,8 +13,6 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import CIFAR10
-from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from pipeline.errors import UsageError
 from pipeline.safe_pickle import load_batch_pickle
@@ -27,9 +25,12 @@ CIFAR_CLASSES = (
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
-BATCHES_DIR = CIFAR10.base_folder  # "cifar-10-batches-py", the official python layout
-TRAIN_FILES = tuple(name for name, _ in CIFAR10.train_list)  # data_batch_1 .. data_batch_5
-TEST_FILES = tuple(name for name, _ in CIFAR10.test_list)  # test_batch
+# The official python layout (torchvision's CIFAR10 lists the same names with their MD5s; it is imported only to
+# download or check them: importing torchvision costs every process about a second).
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{index}" for index in range(1, 6))
+TEST_FILES = ("test_batch",)
+OFFICIAL_TRAIN, OFFICIAL_TEST = 50_000, 10_000  # images in the release
 IMAGE_SIZE = 32  # pixels per side
 PAD = 4  # pixels of zero padding before the random 32x32 crop, as RandomCrop(32, padding=4)
 DOWNLOAD_TIMEOUT_S = 60  # per connect or read; torchvision sets none, so a silent firewall would hang for minutes
@@ -74,7 +75,9 @@ def load_cifar10(data_dir: str | Path, download: bool, train_limit: int = 0, val
         )
     train_x, train_y = _read_split(folder, TRAIN_FILES)
     test_x, test_y = _read_split(folder, TEST_FILES)
-    official = _is_official(folder)  # after reading, so a broken folder gets its error and no warning first
+    # After reading, so a broken folder gets its error and no warning first. The MD5s are read (170 MB) only for
+    # a folder that can be the release: 50,000 training and 10,000 test images.
+    official = len(train_y) == OFFICIAL_TRAIN and len(test_y) == OFFICIAL_TEST and _is_official(folder)
     if not official:
         warnings.warn(f"CIFAR-10 in {folder} is not the official release (MD5 differs)", UnofficialDataWarning,
                       stacklevel=2)
@@ -95,6 +98,9 @@ def _find_batches(data_dir: Path) -> Path | None:
 
 def _download(data_dir: Path) -> None:
     """Fetch and unpack the official archive into data_dir; torchvision checks the archive's MD5."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_and_extract_archive
+
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             download_and_extract_archive(CIFAR10.url, str(data_dir), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
@@ -118,6 +124,9 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 
 def _is_official(folder: Path) -> bool:
     """Whether every batch file matches the MD5 listed by torchvision's CIFAR10."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
     return all(check_integrity(str(folder / name), md5) for name, md5 in CIFAR10.train_list + CIFAR10.test_list)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 
 from pipeline import tracking
+from pipeline.compare import sweep
 from pipeline.config import build_compare
 from pipeline.errors import EXIT_OK, UsageError
-from pipeline.compare import sweep
 
 # Every registered optimizer on Rosenbrock's curved valley, with one shared step size.
 TOY = {"task": "toy", "function": "rosenbrock", "lr": "0.002", "steps": "1000"}

@@ -6,7 +6,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from pipeline.errors import UsageError
 
@@ -74,6 +73,8 @@ def _cifar_resnet18(num_classes: int, pretrained: bool) -> nn.Module:
 
 def _imagenet_resnet18(num_classes: int, pretrained: bool) -> nn.Module:
     """The notebook's model: torchvision's ImageNet ResNet18 (1000 outputs) followed by Linear(1000, classes)."""
+    from torchvision.models import ResNet18_Weights, resnet18  # imported here: torchvision costs a second to load
+
     weights = ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
     try:
         backbone = resnet18(weights=weights)

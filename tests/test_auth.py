@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import artifact_files, metric_history, new_experiment, run_cli, runs_of
+from conftest import artifact_files, cli, metric_history, new_experiment, runs_of
 from servers import free_port, start_server, stop_server
 
 ADMIN = ("admin", secrets.token_urlsafe(16))  # a fresh admin password: the server refuses to start without one
@@ -78,7 +78,7 @@ def test_the_rest_api_needs_a_login_but_health_does_not(auth_server):
 ])
 def test_a_missing_or_wrong_login_is_one_line_and_no_run(auth_server, no_login, login, message):
     experiment = new_experiment()
-    done = run_cli("toy", "--steps", "3", "--experiment", experiment,
+    done = cli("toy", "--steps", "3", "--experiment", experiment,
                    env={"MLFLOW_TRACKING_URI": auth_server, **login})
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip().splitlines() == [f"error: tracking server {auth_server} {message}"]
@@ -89,7 +89,7 @@ def test_a_missing_or_wrong_login_is_one_line_and_no_run(auth_server, no_login, 
 
 def test_with_a_login_the_run_finishes_and_every_metric_is_stored(auth_server, no_login):
     experiment = new_experiment()
-    done = run_cli("toy", "--optimizer", "adam", "--function", "booth", "--lr", "0.05", "--steps", "200",
+    done = cli("toy", "--optimizer", "adam", "--function", "booth", "--lr", "0.05", "--steps", "200",
                    "--tolerance", "0", "--experiment", experiment,
                    env={"MLFLOW_TRACKING_URI": auth_server, **_login(ALICE)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -107,7 +107,7 @@ def test_another_users_experiment_is_one_line_and_no_run(auth_server, no_login):
     experiment = new_experiment()
     alice = _client(auth_server, ALICE, no_login)
     experiment_id = alice.create_experiment(experiment)  # bob may read it (default READ), not write to it
-    done = run_cli("toy", "--steps", "3", "--experiment", experiment,
+    done = cli("toy", "--steps", "3", "--experiment", experiment,
                    env={"MLFLOW_TRACKING_URI": auth_server, **_login(BOB)})
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip().splitlines() == [

@@ -77,13 +77,19 @@ def test_hostile_params_never_crash_the_process_or_run_as_code(case, store, tmp_
     assert not any((place / "PWNED").exists() for place in (REPO, folder.parent, folder.parent.parent))
 
 
+def _interruptible() -> None:
+    """In the child: SIGINT as a terminal sends it. A job started in the background by a shell (as CI may be)
+    inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_is_one_line_exit_130_and_the_run_is_killed(tracking, tmp_path):
     experiment = new_experiment()
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "cifar", *FIXED["cifar"][:-1], "false", "--epochs", "200",
          "--train_limit", "256", "--experiment", experiment],
         cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        text=True, preexec_fn=_interruptible)
     for line in process.stdout:
         if "epoch 2/200:" in line:
             process.send_signal(signal.SIGINT)
@@ -117,3 +123,12 @@ def test_a_tracking_database_that_cannot_be_made_is_one_line(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(blocker) in errors[0], done.stderr
+
+
+def test_a_reader_that_goes_away_is_no_traceback():
+    """`python -m pipeline optimizers | head -1`: the pipe closes before we write; exit 141 as a shell says."""
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "optimizers"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # no reader left: every write gets EPIPE
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 141 and err == ""

@@ -468,3 +468,13 @@ def test_gpu_loader_gives_the_cpu_batches() -> None:
     for (xc, yc), (xg, yg) in zip(cpu, gpu):
         assert xg.is_cuda and torch.equal(yc, yg.cpu())
         torch.testing.assert_close(xc, xg.cpu())
+
+
+def test_the_layout_names_are_torchvisions_official_ones() -> None:
+    from torchvision.datasets import CIFAR10
+
+    from pipeline.data import BATCHES_DIR, TEST_FILES, TRAIN_FILES
+
+    assert BATCHES_DIR == CIFAR10.base_folder
+    assert TRAIN_FILES == tuple(name for name, _ in CIFAR10.train_list)
+    assert TEST_FILES == tuple(name for name, _ in CIFAR10.test_list)

@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import SHARED_SUBSET, artifact_files, metric_history, new_experiment, run_cli, runs_of
+from conftest import SHARED_SUBSET, artifact_files, cli, metric_history, new_experiment, runs_of
 from servers import free_port, postgres_or_skip, start_server, stop_server
 
 CIFAR_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "eval_time", "throughput", "lr",
@@ -44,7 +44,7 @@ def _rows(pgdata: Path, sql: str, *args) -> list[tuple]:
 def test_a_toy_run_is_stored_in_postgres(postgres_server):
     url, pgdata = postgres_server
     experiment = new_experiment()
-    done = run_cli("toy", "--optimizer", "momentum", "--function", "booth", "--lr", "0.01", "--steps", "300",
+    done = cli("toy", "--optimizer", "momentum", "--function", "booth", "--lr", "0.01", "--steps", "300",
                    "--tolerance", "0", "--experiment", experiment, env={"MLFLOW_TRACKING_URI": url})
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient(url)
@@ -66,7 +66,7 @@ def test_a_toy_run_is_stored_in_postgres(postgres_server):
 def test_a_tiny_cifar_run_and_its_model_are_stored_in_postgres(postgres_server):
     url, pgdata = postgres_server
     experiment = new_experiment()
-    done = run_cli("cifar", "--model", "tiny_cnn", "--epochs", "2", "--train_limit", "256", "--val_limit", "128",
+    done = cli("cifar", "--model", "tiny_cnn", "--epochs", "2", "--train_limit", "256", "--val_limit", "128",
                    "--data_dir", str(SHARED_SUBSET), "--system_metrics", "false", "--experiment", experiment,
                    "--checkpoint_every_s", "0", env={"MLFLOW_TRACKING_URI": url})  # 0: a checkpoint to upload too
     assert done.returncode == 0, done.stderr[-3000:]

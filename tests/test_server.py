@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import mlflow
 import pytest
 
-from conftest import REPO, SHARED_SUBSET, metric_history, new_experiment, run_cli, runs_of
+from conftest import REPO, SHARED_SUBSET, cli, metric_history, new_experiment, run_cli, runs_of
 from servers import free_port, start_server, stop_server
 
 
@@ -43,7 +43,7 @@ def test_four_concurrent_runs_lose_no_metric(server, monkeypatch):
 
 def test_an_unreachable_server_is_one_line_within_seconds():
     began = time.monotonic()
-    done = run_cli("toy", "--steps", "3", env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    done = cli("toy", "--steps", "3", env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
     assert time.monotonic() - began < 30  # a hang guard; it takes a few seconds
     assert done.returncode == 2 and "does not answer" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -95,7 +95,8 @@ def test_fit_reports_every_epoch_and_learns():
     model, (train, val) = _model(), _loaders()
     opt = _opt("adam", model, lr=0.01)
     seen = []
-    state = _fit(model, opt, train, val, 3, 0.01, lambda epoch, metrics, confusion, st: seen.append((epoch, dict(metrics))))
+    state = _fit(model, opt, train, val, 3, 0.01,
+                 lambda epoch, metrics, confusion, st: seen.append((epoch, dict(metrics))))
     assert [epoch for epoch, _ in seen] == [1, 2, 3]
     assert state.epoch == 3 and len(state.history) == 3
     assert state.best_val_acc == max(m["val_acc"] for _, m in seen)

@@ -14,7 +14,6 @@ from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import unquote
 
 import mlflow
-import mlflow.data
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -92,6 +91,8 @@ class Run:
 
     def log_dataset(self, name: str, features: Any, targets: Any, source: str, digest: str, context: str) -> None:
         """Record which data the run used (name, source folder, shape, digest), as mlflow.log_input does."""
+        import mlflow.data  # noqa: PLC0415 - loads pandas: only runs that record a dataset pay for it
+
         with warnings.catch_warnings():  # a local folder matches two equivalent source kinds; either is right
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_numpy(features, targets=targets, source=str(Path(source).resolve()),
