@@ -13,11 +13,11 @@ import torch
 from pipeline import tracking
 from pipeline.checkpoint import FILE_NAME, restore_checkpoint
 from pipeline.config import CifarConfig, logged_params
-from pipeline.provenance import code_version, config_hash
 from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10
 from pipeline.errors import EXIT_OK, UsageError
 from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer
+from pipeline.provenance import code_version, config_hash
 from pipeline.runlog import RunLog
 from pipeline.schedulers import build_scheduler
 from pipeline.train import FitState, Member, Precision, fit

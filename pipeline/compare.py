@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import plots, summary, tracking
-from pipeline.summary import RunRecord
 from pipeline.config import CompareConfig, as_params
-from pipeline.provenance import code_version, config_hash
 from pipeline.errors import EXIT_OK, UsageError
 from pipeline.functions import get_function
+from pipeline.provenance import code_version, config_hash
+from pipeline.summary import RunRecord
 
 METRICS = {"toy": ("loss", "distance_to_min"),
            "cifar": ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "best_val_acc",

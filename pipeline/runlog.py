@@ -1,6 +1,6 @@
-"""What one cifar run writes to its MLflow run while it trains and when it ends: per-epoch metrics (batched,
-in the background), checkpoints, curves, final tables and the model. Addressed by run id, so several runs can
-be open at once (lockstep)."""
+"""What one cifar run writes to its run while it trains and when it ends: per-epoch metrics (batched, in the
+background), checkpoints, curves, final tables and the model. It talks to a RunLogger (a tracking.Run, or a
+MemoryLogger in tests), one per run, so several runs can be open at once (lockstep)."""
 from __future__ import annotations
 
 import dataclasses

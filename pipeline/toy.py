@@ -11,11 +11,11 @@ import torch
 
 from pipeline import plots, tracking
 from pipeline.config import ToyConfig, logged_params
-from pipeline.provenance import code_version, config_hash
 from pipeline.descent import Trajectory, run_descent, starting_points
 from pipeline.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.functions import Function2D, get_function
 from pipeline.logger import RunLogger
+from pipeline.provenance import code_version, config_hash
 
 
 def resolve_start(cfg: ToyConfig, fn: Function2D) -> tuple[float, float]:
