@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, one_line
 from pipeline.train import FitState
 
 FILE_NAME = "last.pt"
@@ -69,6 +69,5 @@ def restore_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.opti
 
 def _refusal(label: str, error: BaseException) -> str:
     """One line: which checkpoint, why it cannot be used, and what to do instead."""
-    reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-    return (f"resume: cannot use {label} ({type(error).__name__}: {reason}); start a new run without "
+    return (f"resume: cannot use {label} ({one_line(error)}); start a new run without "
             "resume=true, or remove the damaged checkpoint")

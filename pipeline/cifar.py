@@ -104,8 +104,7 @@ def resume_target(cfg: CifarConfig) -> str | None:
     if handed is not None:
         hint = f"; to continue run {found}, add --run-id {found}" if found else ""
         raise UsageError("resume: `mlflow run` started a new run, which has nothing to resume" + (
-            hint or f" (no unfinished run with this config in experiment {cfg.experiment!r}); run without "
-            "resume=true"))
+            hint or " (no unfinished run with this config in the experiment it chose); run without resume=true"))
     if found is None:
         raise UsageError(f"resume: no unfinished run with this config in experiment {cfg.experiment!r}; "
                          "run without resume=true to start one")

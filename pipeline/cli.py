@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 from pipeline.config import PARAMS_FILE, build_compare, build_config
-from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, one_line
 
 # entry point -> module whose main(config) runs it; imported only after the params are validated
 ENTRIES = {"toy": "pipeline.toy", "cifar": "pipeline.cifar", "compare": "pipeline.compare",
@@ -97,7 +97,7 @@ def store_problem(error: Exception) -> str | None:
     refuses), None for anything else (a bug: its traceback is wanted)."""
     if "pipeline.tracking.server" not in sys.modules:  # nothing reached the store yet
         return None
-    from pipeline.tracking.server import is_store_error, one_line, tracking_uri
+    from pipeline.tracking.server import is_store_error, tracking_uri
 
     if not is_store_error(error):
         return None

@@ -12,6 +12,7 @@ from pipeline import plots, summary, tracking
 from pipeline.config import CompareConfig, as_params
 from pipeline.errors import EXIT_OK, UsageError
 from pipeline.functions import get_function
+from pipeline.optimizers import TUNABLE
 from pipeline.provenance import code_version, config_hash
 from pipeline.summary import RunRecord
 
@@ -80,7 +81,7 @@ def shared_params(cfg: CompareConfig) -> dict[str, str]:
     common = {k: v for k, v in children[0].items() if all(c.get(k) == v for c in children)} if children else {}
     # A setting only some optimizers take (momentum for sgd but not adam): which children got it.
     partial = {f"{key}_applies_to": ",".join(c.optimizer for c in cfg.children if getattr(c, key) is not None)
-               for key in ("lr", "momentum", "weight_decay")
+               for key in TUNABLE
                if 0 < sum(getattr(c, key) is not None for c in cfg.children) < len(cfg.children)}
     return {**common, **partial, "task": cfg.task, "optimizers": ",".join(cfg.optimizer_list()),
             "rerun": str(cfg.rerun), "lockstep": str(cfg.lockstep)}

@@ -15,7 +15,7 @@ import yaml
 from pipeline.errors import UsageError
 from pipeline.values import UNSET, coerce, parse_point, require, short
 from pipeline.functions import get_function
-from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, OptimizerSettings, get_spec, optimizer_names
+from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, TUNABLE, OptimizerSettings, get_spec, optimizer_names
 from pipeline.schedulers import SCHEDULERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ CONFIGS: dict[str, type] = {"toy": ToyConfig, "cifar": CifarConfig, "compare": C
 def _accepted(passed: Mapping[str, str], optimizer: str) -> dict[str, str]:
     """A sweep's shared params minus the hyper-parameters this optimizer does not take (e.g. momentum)."""
     tunable = get_spec(optimizer).tunable
-    return {k: v for k, v in passed.items() if k not in ("lr", "momentum", "weight_decay") or k in tunable}
+    return {k: v for k, v in passed.items() if k not in TUNABLE or k in tunable}
 
 
 def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path = PARAMS_FILE) -> CompareConfig:
@@ -208,7 +208,7 @@ def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path 
 
 def _check_taken(passed: Mapping[str, str], names: list[str]) -> None:
     """A hyper-parameter given to a sweep must reach at least one of its optimizers, not vanish silently."""
-    for key in ("lr", "momentum", "weight_decay"):
+    for key in TUNABLE:
         if key not in passed or str(passed[key]).strip().lower() in UNSET:
             continue
         if not any(key in get_spec(name).tunable for name in names):

@@ -8,6 +8,12 @@ class UsageError(ValueError):
     """A bad value from the user: the message is one line naming it and the valid choices (exit 2)."""
 
 
+def one_line(error: BaseException) -> str:
+    """An error as one short line for a message: its type and the first line of its text (200 characters)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2

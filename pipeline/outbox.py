@@ -10,6 +10,8 @@ import threading
 import time
 from typing import Callable
 
+from pipeline.errors import one_line
+
 RETRY_FIRST_S = 0.5  # first pause after a failed call; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 10.0
 PERMANENT_TRIES = 3  # attempts at a call that fails with a permanent error before it is given up
@@ -71,8 +73,7 @@ class Outbox:
     def _give_up(self, what: str, error: BaseException, on_give_up: GiveUp | None) -> None:
         """Abandon one call: warn on the first abandoned call only, and tell its submitter."""
         if not self.given_up:
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-            print(f"warning: gave up logging {what} ({type(error).__name__}: {reason})", file=sys.stderr)
+            print(f"warning: gave up logging {what} ({one_line(error)})", file=sys.stderr)
         self.given_up.append((what, error))
         if on_give_up is not None:
             try:

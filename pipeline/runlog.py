@@ -18,10 +18,10 @@ from pipeline import plots
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import CifarConfig
 from pipeline.data import CIFAR_CLASSES, CifarArrays, normalize
-from pipeline.errors import EXIT_ARTIFACTS, EXIT_DIVERGED, EXIT_OK
+from pipeline.errors import EXIT_ARTIFACTS, EXIT_DIVERGED, EXIT_OK, one_line
 from pipeline.logger import RunLogger
 from pipeline.outbox import Outbox
-from pipeline.tracking.server import is_permanent, is_store_error, one_line
+from pipeline.tracking.server import is_permanent, is_store_error
 from pipeline.train import FitState
 
 SEND_EVERY_S = 5.0  # short epochs share one request: each costs the training ~20 ms of CPU on a local server

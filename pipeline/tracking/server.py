@@ -102,8 +102,3 @@ def is_store_error(error: BaseException) -> bool:
 
     return isinstance(error, (mlflow.exceptions.MlflowException, requests.exceptions.RequestException, OSError))
 
-
-def one_line(error: BaseException) -> str:
-    """An error as one short line: its type and the first line of its message."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 import mlflow
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, one_line
 from pipeline.tracking.run import experiment_id_for
 from pipeline.tracking.server import connect, tracking_uri
 
@@ -90,8 +90,7 @@ def load_predictor(model_uri: str) -> Callable[[Any], Any]:
     try:
         return mlflow.pyfunc.load_model(model_uri).predict
     except (mlflow.exceptions.MlflowException, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise UsageError(f"model_uri: cannot load {model_uri!r} from {tracking_uri()} ({reason})") from None
+        raise UsageError(f"model_uri: cannot load {model_uri!r} from {tracking_uri()} ({one_line(error)})") from None
 
 
 def set_alias(model_name: str, run_id: str, alias: str) -> str:
