@@ -15,6 +15,7 @@ from pipeline.checkpoint import FILE_NAME, restore_checkpoint
 from pipeline.config import CifarConfig, logged_params
 from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10
 from pipeline.errors import EXIT_OK, UsageError
+from pipeline.logger import RunHooks
 from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer
 from pipeline.provenance import code_version, config_hash
@@ -131,22 +132,35 @@ def _restore(log: RunLog, trainer: Trainer, run_id: str, scratch: str) -> FitSta
     return state
 
 
-def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
-              parent: tracking.Run | None = None) -> tuple[str, int]:
+def _epoch_callback(log: RunLog, hooks: RunHooks):
+    """The run log's per-epoch call, then the hooks' (which may end training early)."""
+    if hooks.on_epoch is None:
+        return log.on_epoch
+
+    def on_epoch(epoch: int, metrics: dict, confusion: torch.Tensor, state: FitState) -> None:
+        log.on_epoch(epoch, metrics, confusion, state)
+        hooks.on_epoch(epoch, metrics)
+
+    return on_epoch
+
+
+def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, parent: tracking.Run | None = None,
+              hooks: RunHooks = RunHooks()) -> tuple[str, int]:
     """Train one optimizer (a new run, or a resumed one), log every epoch and the model; returns (run id,
     exit code)."""
     run_id = resume_target(cfg) if parent is None else None
     loaders = build_loaders(cfg, arrays, device)
     params, tags = start_info(cfg, arrays, device, loaders[0])
-    with tracking.open_run(cfg.experiment, f"{cfg.optimizer}-{cfg.model}", tags, parent=parent, run_id=run_id,
-                           system_metrics=cfg.system_metrics) as run, \
+    with tracking.open_run(cfg.experiment, f"{cfg.optimizer}-{cfg.model}", {**tags, **hooks.tags}, parent=parent,
+                           run_id=run_id, system_metrics=cfg.system_metrics) as run, \
             tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
+        hooks.opened(run)
         trainer = build_trainer(cfg, loaders, device)
         log = RunLog(cfg, run, trainer, Path(scratch))
         log.begin(params, arrays)
         state = _restore(log, trainer, run.run_id, scratch) if cfg.resume else None
         (state,) = fit([trainer.member()], trainer.train_batches, trainer.val_batches, cfg.epochs,
-                       trainer.precision, cfg.target_acc, [log.on_epoch], [state] if state else None)
+                       trainer.precision, cfg.target_acc, [_epoch_callback(log, hooks)], [state] if state else None)
         code = log.finish(state, arrays)
         if code != EXIT_OK:
             run.fail()

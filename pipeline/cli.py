@@ -13,7 +13,7 @@ from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, o
 
 # entry point -> module whose main(config) runs it; imported only after the params are validated
 ENTRIES = {"toy": "pipeline.toy", "cifar": "pipeline.cifar", "compare": "pipeline.compare",
-           "predict": "pipeline.predict"}
+           "tune": "pipeline.tune", "predict": "pipeline.predict"}
 RUNNERS = {"demo": ("pipeline.demo", ("data_dir",))}  # commands without a params.yaml section
 LISTINGS = ("optimizers", "functions")
 
@@ -126,7 +126,12 @@ def dispatch(command: str, rest: list[str]) -> int:
         print(entry_help(command))
         return EXIT_OK
     overrides = parse_overrides(rest)
-    config = build_compare(overrides) if command == "compare" else build_config(command, overrides)
+    if command == "tune":
+        from pipeline.tune_config import build_tune  # noqa: PLC0415
+
+        config = build_tune(overrides)
+    else:
+        config = build_compare(overrides) if command == "compare" else build_config(command, overrides)
     return start(ENTRIES[command], config)
 
 

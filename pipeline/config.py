@@ -225,8 +225,9 @@ def _check_experiment(name: str) -> None:
              f"characters (got {len(name)})")
 
 
-def load_defaults(section: str, params_file: Path = PARAMS_FILE) -> dict[str, Any]:
-    """The defaults for one entry point from params.yaml: a mapping of known params, else one UsageError."""
+def load_defaults(section: str, params_file: Path = PARAMS_FILE, cls: type | None = None) -> dict[str, Any]:
+    """The defaults for one entry point from params.yaml: a mapping of known params, else one UsageError.
+    `cls` is the section's config class, when it is not in CONFIGS (sweep configs that build on these)."""
     try:
         document = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
@@ -240,7 +241,7 @@ def load_defaults(section: str, params_file: Path = PARAMS_FILE) -> dict[str, An
         found = type(document.get(section) if isinstance(document, dict) else document).__name__
         raise UsageError(f"{params_file}: section {section!r} must be a mapping of param: value, got {found}")
     values = document[section]
-    fields = {f.name for f in dataclasses.fields(CONFIGS[section])} - {"children"}
+    fields = {f.name for f in dataclasses.fields(cls or CONFIGS[section])} - {"children"}
     for key in values:
         if key not in fields:
             raise UsageError(f"{params_file}: {_unknown(key, section, fields)}")
@@ -255,11 +256,11 @@ def _unknown(key: Any, section: str, fields: set[str]) -> str:
 
 
 def build_config(section: str, overrides: Mapping[str, str] | None = None,
-                 params_file: Path = PARAMS_FILE) -> Any:
+                 params_file: Path = PARAMS_FILE, cls: type | None = None) -> Any:
     """params.yaml's section, overridden by `overrides`, as the section's frozen, validated config."""
-    cls = CONFIGS[section]
+    cls = cls or CONFIGS[section]
     fields = {f.name for f in dataclasses.fields(cls)}
-    values = load_defaults(section, params_file)
+    values = load_defaults(section, params_file, cls)
     for key, value in (overrides or {}).items():
         if key not in fields:
             raise UsageError(_unknown(key, section, fields))

@@ -6,8 +6,9 @@ benchmarks can hand per-epoch logging a logger without a store (as torchtune han
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 Step = tuple[int, int, Mapping[str, float]]  # (step, time in ms, {key: value})
 
@@ -28,6 +29,21 @@ class RunLogger(Protocol):
                     context: str) -> None: ...
     def log_model(self, model: Any, input_example: Any, registered_name: str | None = None) -> str: ...
     def note_error(self, message: str, tags: Mapping[str, str] | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a caller that runs toy or cifar runs as parts of something bigger (tune's trials and seed runs) adds
+    to each run: tags, a call once the run exists, and (cifar) a call after each logged epoch, which may raise
+    train.StopTraining to end the run early (a pruned trial)."""
+
+    tags: Mapping[str, str] = field(default_factory=dict)
+    on_open: Callable[[Any], None] | None = None  # gets the open run (a RunLogger)
+    on_epoch: Callable[[int, dict], None] | None = None  # (epoch, that epoch's metrics)
+
+    def opened(self, run: Any) -> None:
+        if self.on_open is not None:
+            self.on_open(run)
 
 
 class MemoryLogger:

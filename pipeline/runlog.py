@@ -152,14 +152,16 @@ class RunLog:
                   "FAILED.", file=sys.stderr)
             return EXIT_DIVERGED
         reached = str(state.time_to_target is not None).lower()
-        self.run.set_tags({"diverged": "false", "target_reached": reached})
-        problem = self._store_artifacts(state, arrays, final=True)
+        self.run.set_tags({"diverged": "false", "target_reached": reached,
+                           **({"stopped_early": "true", "stop_reason": state.stopped} if state.stopped else {})})
+        problem = self._store_artifacts(state, arrays, final=not state.stopped)
         if problem:
             self.run.note_error(problem, {"artifacts_failed": "true"} if self.artifacts_failed else {})
             print(f"error: {problem}", file=sys.stderr)
             return EXIT_ARTIFACTS
-        print(f"{cfg.optimizer} + {cfg.model}: best val_acc {state.best_val_acc:.2%} after {state.epoch} epochs "
-              f"(run {run_id})")
+        ended = f" ({state.stopped})" if state.stopped else ""
+        print(f"{cfg.optimizer} + {cfg.model}: best val_acc {state.best_val_acc:.2%} after {state.epoch} epochs"
+              f"{ended} (run {run_id})")
         return EXIT_OK
 
     def _store_artifacts(self, state: FitState, arrays: CifarArrays, final: bool) -> str:

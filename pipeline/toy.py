@@ -14,7 +14,7 @@ from pipeline.config import ToyConfig, logged_params
 from pipeline.descent import Trajectory, run_descent, starting_points
 from pipeline.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.functions import Function2D, get_function
-from pipeline.logger import RunLogger
+from pipeline.logger import RunHooks, RunLogger
 from pipeline.provenance import code_version, config_hash
 
 
@@ -70,14 +70,15 @@ def main(cfg: ToyConfig) -> int:
     return run_toy(cfg)[1]
 
 
-def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None) -> tuple[str, int]:
+def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks = RunHooks()) -> tuple[str, int]:
     """Descend, log everything, print one summary line; returns (run id, exit code)."""
     fn = get_function(cfg.function)
     params = resolved_params(cfg, fn)
     torch.manual_seed(cfg.seed)
     start = torch.tensor([resolve_start(cfg, fn)], dtype=torch.float64)
-    tags = {"task": "toy", "config_hash": config_hash(cfg), "code_version": code_version()}
+    tags = {"task": "toy", "config_hash": config_hash(cfg), "code_version": code_version(), **hooks.tags}
     with tracking.open_run(cfg.experiment, f"{cfg.optimizer}-{cfg.function}", tags, parent=parent) as run:
+        hooks.opened(run)
         run.log_params(params)
         run.log_dict({**dataclasses.asdict(cfg), "resolved": params}, "config.json")
         traj = run_descent(fn, cfg.optimizer_settings, start, cfg.steps, cfg.tolerance)

@@ -145,6 +145,10 @@ def evaluate(model: nn.Module, batches: Batches, precision: Precision, num_class
              "eval_time": seconds}, confusion)
 
 
+class StopTraining(Exception):
+    """Raised by an epoch callback to end that member's training after this epoch (e.g. a pruned trial)."""
+
+
 @dataclass
 class FitState:
     """What a checkpoint must hold to continue training exactly where it stopped."""
@@ -155,6 +159,7 @@ class FitState:
     time_to_target: float | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     diverged: str = ""  # why training stopped on a non-finite loss; empty while it has not
+    stopped: str = ""  # why a callback ended training early (StopTraining); empty while none has
 
 
 EpochCallback = Callable[[int, dict[str, float], torch.Tensor, FitState], None]
@@ -175,10 +180,10 @@ def fit(members: list[Member], train_batches: Batches, val_batches: Batches, epo
         show_progress: bool | None = None) -> list[FitState]:
     """Train every member (one, or several in lockstep) on the very same batches until `epochs`, continuing
     from `states`; a member whose loss turns non-finite stops (its state says why) while the others go on.
-    Each member's callback gets every epoch it finishes."""
+    Each member's callback gets every epoch it finishes, and may raise StopTraining to end that member there."""
     states = states or [FitState() for _ in members]
     for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
-        active = [i for i, s in enumerate(states) if not s.diverged and s.epoch < epoch]
+        active = [i for i, s in enumerate(states) if not (s.diverged or s.stopped) and s.epoch < epoch]
         if not active:
             break
         results = train_epoch([members[i] for i in active], train_batches, precision, len(train_batches),
@@ -191,5 +196,8 @@ def fit(members: list[Member], train_batches: Batches, val_batches: Batches, epo
                                               total=len(val_batches), show_progress=show_progress)
             metrics.update(val_metrics)
             _record(states[index], epoch, metrics, target_acc)
-            callbacks[index](epoch, metrics, confusion, states[index])
+            try:
+                callbacks[index](epoch, metrics, confusion, states[index])
+            except StopTraining as stop:
+                states[index].stopped = str(stop) or f"stopped after epoch {epoch}"
     return states

@@ -2,7 +2,8 @@
 # `make server`: an MLflow tracking server on HOST:PORT (127.0.0.1:5000) with its artifacts in STORE_DIR/mlartifacts.
 #   BACKEND=sqlite (default)  runs and metrics in STORE_DIR/mlflow.db
 #   BACKEND=postgres          in a private PostgreSQL cluster in PGDIR on 127.0.0.1:PGPORT (scripts/postgres.sh),
-#                             started with the server and stopped with it
+#                             started with the server and stopped with it; its database `optuna` is for tune's
+#                             studies (-P storage=postgresql+psycopg2://mlflow@HOST:PGPORT/optuna)
 #   AUTH=true                 MLflow's basic-auth app: every request needs a user and password; users live in
 #                             STORE_DIR/mlflow-auth.db. The first start creates the admin user
 #                             (MLFLOW_AUTH_ADMIN_USERNAME, default admin) with the password in
@@ -53,13 +54,14 @@ case "$BACKEND" in
     sqlite)
         exec "$PYTHON" -m mlflow server "${args[@]}" --backend-store-uri "sqlite:///$STORE_DIR/mlflow.db" "$@" ;;
     postgres)
-        uri=$("$REPO/scripts/postgres.sh" start "$PGDIR" "$PGPORT" mlflow)
+        uri=$("$REPO/scripts/postgres.sh" start "$PGDIR" "$PGPORT" mlflow optuna)  # optuna: tune's study storage
         uri="postgresql+psycopg2://${uri#postgresql://}"  # SQLAlchemy 2.1 would pick psycopg 3; we ship psycopg2
         export PGPASSFILE="$PGDIR/pgpass"  # libpq (psycopg2) reads the password from here
         trap '"$REPO/scripts/postgres.sh" stop "$PGDIR"' EXIT
         trap 'exit 130' INT
         trap 'exit 143' TERM
         echo "PostgreSQL: $uri (data in $PGDIR; psql needs PGPASSFILE=$PGPASSFILE)"
+        echo "tune's study storage: -P storage=${uri%/mlflow}/optuna (with PGPASSFILE=$PGPASSFILE)"
         "$PYTHON" -m mlflow server "${args[@]}" --backend-store-uri "$uri" "$@" ;;
     *) die "BACKEND=$BACKEND: use sqlite or postgres" ;;
 esac

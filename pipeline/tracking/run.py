@@ -20,7 +20,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 
 from pipeline.errors import UsageError, one_line
 from pipeline.tracking.launcher import handed_run_id, take_handed_run_id
-from pipeline.tracking.server import connect, is_store_error, refusals_as_usage_errors
+from pipeline.tracking.server import connect, is_store_error, refusals_as_usage_errors, tracking_uri
 
 _BATCH = 1000  # MLflow accepts at most 1000 metrics in one log_batch call
 FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
@@ -117,9 +117,10 @@ class Run:
 
 @contextmanager
 def open_run(experiment: str, name: str, tags: Mapping[str, str] | None = None, parent: Run | None = None,
-             run_id: str | None = None, system_metrics: bool = False) -> Iterator[Run]:
+             run_id: str | None = None, system_metrics: bool = False, keep_running: bool = False) -> Iterator[Run]:
     """Start a run (nested under `parent`, in its experiment), or continue `run_id`, or the run `mlflow run`
-    made for this process; it ends with the block: FINISHED, FAILED (an error, or `fail()`), KILLED (Ctrl-C)."""
+    made for this process; it ends with the block: FINISHED, FAILED (an error, or `fail()`), KILLED (Ctrl-C).
+    `keep_running=True` leaves a run that ends well RUNNING (work in other processes goes on under it)."""
     client = connect()
     if parent is None:  # consumed here: a nested run must not take `mlflow run`'s run as its own
         run_id = run_id or take_handed_run_id()
@@ -137,7 +138,8 @@ def open_run(experiment: str, name: str, tags: Mapping[str, str] | None = None, 
     finally:
         if monitor is not None:
             monitor.finish()
-        _terminate(run)
+        if not (keep_running and run.status == FINISHED):
+            _terminate(run)
 
 
 def _create(client: mlflow.MlflowClient, experiment: str, name: str, tags: Mapping[str, str] | None,
@@ -200,6 +202,11 @@ def ensure_experiment(client: mlflow.MlflowClient, name: str) -> str:
         return found.experiment_id
 
 
+def local_store_folder() -> Path:
+    """The folder of the SQLite tracking store in use, else the current folder: where local state goes."""
+    return _sqlite_dir(tracking_uri()) or Path.cwd()
+
+
 def _sqlite_dir(uri: str) -> Path | None:
     """The folder of a sqlite:/// store, where its runs' artifacts go too; None for other stores."""
     prefix = "sqlite:///"  # then a relative path, or an absolute one that starts with one more '/'
@@ -214,10 +221,20 @@ def handed_run_tags() -> dict[str, str] | None:
     return dict(connect().get_run(run_id).data.tags) if run_id else None
 
 
+def existing_run(run_id: str) -> Run:
+    """A handle on a stored run, to nest new runs under it (its status is left as it is)."""
+    client = connect()
+    return Run(client, run_id, client.get_run(run_id).info.experiment_id)
+
+
 def fail_handed_run(message: str) -> None:
     """End the run `mlflow run` made for this process FAILED, with `message` as its description and tag
     `error`, so the UI says why. Best effort: the message is printed either way."""
-    run_id = handed_run_id()
+    fail_run(handed_run_id(), message)
+
+
+def fail_run(run_id: str, message: str) -> None:
+    """End run `run_id` FAILED, saying why (tag `error`, description). Best effort when the store fails."""
     try:
         client = connect()
         run = Run(client, run_id, client.get_run(run_id).info.experiment_id)

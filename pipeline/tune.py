@@ -1,0 +1,120 @@
+"""The `tune` entry point: every optimizer gets the same budget of Optuna trials from one search space, its best
+setting is rerun over seeds, and one MLflow parent run holds the comparison. The same command on other machines
+(same storage, same tracking server) joins the study; run again, it continues it."""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+
+import optuna
+
+from pipeline import search, tracking
+from pipeline.config import as_params
+from pipeline.errors import EXIT_OK, UsageError
+from pipeline.trials import RunIds, Worker, on_stale
+from pipeline.tune_config import TuneConfig
+from pipeline.tune_report import collect, report
+
+JOIN_TIMEOUT_S = 300  # how long a joining worker waits for the first one to create the MLflow runs
+
+
+def storage_url(cfg: TuneConfig) -> str:
+    """The Optuna storage: as given, else optuna.db beside the tracking store (or in this folder)."""
+    if cfg.storage:
+        return cfg.storage
+    return f"sqlite:///{tracking.local_store_folder() / 'optuna.db'}"
+
+
+def _parent_params(cfg: TuneConfig) -> dict[str, str]:
+    own = {k: v for k, v in as_params(cfg).items() if k != "children"}
+    base = [as_params(plan.base) for plan in cfg.children]
+    shared = {k: v for k, v in base[0].items() if all(b.get(k) == v for b in base) and k not in own}
+    return {**shared, **own, "optimizers": ",".join(dict.fromkeys(p.optimizer for p in cfg.children)),
+            "workloads": ",".join(dict.fromkeys(p.workload for p in cfg.children)), "storage": search.redacted(
+                storage_url(cfg)), "tune_key": cfg.key()}
+
+
+def create_runs(cfg: TuneConfig) -> RunIds:
+    """The parent run and one child per (optimizer, workload), left RUNNING for the workers."""
+    tags = {"task": "tune", "tune_task": cfg.task, "tune_key": cfg.key()}
+    with tracking.open_run(cfg.experiment, f"tune-{cfg.task}", tags, keep_running=True) as parent:
+        parent.log_params(_parent_params(cfg))
+        children = {}
+        for plan in cfg.children:
+            child_tags = {"role": "optimizer", "optimizer": plan.optimizer, "workload": plan.workload,
+                          "study": cfg.study_name(plan)}
+            with tracking.open_run(cfg.experiment, plan.label, child_tags, parent=parent, keep_running=True) as run:
+                children[plan.label] = run.run_id
+    return RunIds(parent.run_id, children)
+
+
+def join(cfg: TuneConfig, storage: object) -> RunIds:
+    """The tune's runs: made by the first process (which records them in the storage), found by every other."""
+    name = f"optlab-tune-{cfg.key()}:runs"
+    if search.claim(storage, name):
+        ids = create_runs(cfg)
+        optuna.load_study(study_name=name, storage=storage).set_user_attr(
+            "runs", {"parent": ids.parent, "children": dict(ids.children)})
+        return ids
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        runs = optuna.load_study(study_name=name, storage=storage).user_attrs.get("runs")
+        if runs:
+            if not tracking.run_exists(runs["parent"]):
+                raise UsageError(f"storage: this tune's study names run {runs['parent']}, which the tracking store "
+                                 f"{tracking.tracking_uri()} lacks; point at the same tracking store, or give a "
+                                 "new storage or experiment")
+            return RunIds(runs["parent"], runs["children"])
+        time.sleep(1.0)
+    raise UsageError(f"storage: no runs recorded for study {name} after {JOIN_TIMEOUT_S} s (did its first worker "
+                     "die while creating them?)")
+
+
+def _worker_process(cfg: TuneConfig, ids: RunIds, url: str) -> None:
+    """A local worker process: the same loop as the main one."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        Worker(cfg, ids, search.open_storage(url, cfg.heartbeat_s, on_stale)).work()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object) -> None:
+    """workers-1 extra processes and this one take trials until every study is done."""
+    context = multiprocessing.get_context("spawn")
+    extra = [context.Process(target=_worker_process, args=(cfg, ids, url), name=f"optlab-worker-{index}")
+             for index in range(1, cfg.workers)]
+    for process in extra:
+        process.start()
+    try:
+        Worker(cfg, ids, storage).work()
+    finally:
+        for process in extra:
+            process.join(timeout=None if sys.exc_info()[0] is None else 10)
+            if process.is_alive():
+                process.terminate()
+    failed = [p.name for p in extra if p.exitcode not in (0, None)]
+    if failed:
+        print(f"warning: worker processes {', '.join(failed)} ended with errors; the others finished the study",
+              file=sys.stderr)
+
+
+def main(cfg: TuneConfig) -> int:
+    """The `tune` entry point: print the tuned table and which optimizer wins before and after tuning."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = storage_url(cfg)
+    storage = search.open_storage(url, cfg.heartbeat_s, on_stale)
+    ids = join(cfg, storage)
+    studies = len(cfg.children)
+    print(f"tune {cfg.task}: {studies} studies (optimizer x workload), {cfg.trials} trials and {cfg.seeds} seeds "
+          f"each, {cfg.workers} worker(s) here; storage {search.redacted(url)}; tune run {ids.parent}", flush=True)
+    with tracking.open_run(cfg.experiment, f"tune-{cfg.task}", run_id=ids.parent) as parent:
+        run_workers(cfg, ids, url, storage)
+        results = collect(cfg, Worker(cfg, ids, storage))
+        markdown, lines = report(cfg, parent, ids, results)
+    print(markdown)
+    print("\n".join(lines))
+    print(f"tune run {parent.run_id}")
+    return EXIT_OK
+

@@ -1,0 +1,137 @@
+"""A finished tune's studies -> the tuned table, the winners, the lr sensitivity, seed statistics and performance
+profiles. Pure: no Optuna, no MLflow, no plotting, no files."""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One Optuna trial as the report needs it."""
+
+    number: int
+    state: str  # complete, pruned, fail, surplus, retried, running, waiting
+    params: dict[str, float]
+    value: float | None  # the score (for a pruned trial: its last reported val_acc)
+    run_id: str = ""
+    seed: int | None = None  # seed reruns: the seed they ran
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """One optimizer on one workload: its trials, its default-lr run and its seed reruns."""
+
+    optimizer: str
+    workload: str
+    default_lr: float
+    trials: Sequence[TrialRecord]
+    default: TrialRecord | None
+    seeds: Sequence[TrialRecord]
+    maximize: bool  # cifar: val_acc, higher is better; toy: the gap, lower is better
+    time_to_target: Sequence[float] = field(default_factory=tuple)  # seed runs that reached the target (s)
+
+    @property
+    def label(self) -> str:
+        return f"{self.optimizer}-{self.workload}"
+
+    def counted(self, state: str) -> int:
+        return sum(t.state == state for t in self.trials)
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The best complete trial (ties: the lowest number, as Optuna picks)."""
+        done = [t for t in self.trials if t.state == "complete" and t.value is not None]
+        sign = -1.0 if self.maximize else 1.0
+        return min(done, key=lambda t: (sign * t.value, t.number), default=None)
+
+    @property
+    def seed_scores(self) -> list[float]:
+        return [t.value for t in self.seeds if t.state == "complete" and t.value is not None]
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value, NaN for none)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def row(result: StudyResult) -> dict[str, Any]:
+    """One line of tuned.csv / tuned.md."""
+    best, (mean, sd) = result.best, mean_sd(result.seed_scores)
+    times = sorted(result.time_to_target)
+    return {"optimizer": result.optimizer, "workload": result.workload, "default_lr": result.default_lr,
+            "default_score": result.default.value if result.default and result.default.value is not None
+            else math.nan,
+            "tuned_lr": best.params.get("lr", math.nan) if best else math.nan,
+            "tuned_weight_decay": best.params.get("weight_decay", math.nan) if best else math.nan,
+            "best_trial_score": best.value if best else math.nan, "score_mean": mean, "score_sd": sd,
+            "seeds": len(result.seed_scores),
+            "time_to_target_median": statistics.median(times) if times else math.nan,
+            "time_to_target_range": f"{times[0]:.4g}-{times[-1]:.4g}" if times else "-",
+            "trials_completed": result.counted("complete"), "trials_pruned": result.counted("pruned"),
+            "trials_failed": result.counted("fail"), "best_trial": best.number if best else "-"}
+
+
+def rows(results: Sequence[StudyResult]) -> list[dict[str, Any]]:
+    """The tuned table, per workload, best seed mean first."""
+    def order(r: StudyResult) -> tuple:
+        mean = mean_sd(r.seed_scores)[0]
+        key = (-mean if r.maximize else mean) if math.isfinite(mean) else math.inf
+        return r.workload, key
+    return [row(r) for r in sorted(results, key=order)]
+
+
+def winners(results: Sequence[StudyResult]) -> dict[str, tuple[str, str]]:
+    """workload -> (the optimizer best at its default lr, the optimizer best once tuned: by seed mean)."""
+    found = {}
+    for workload in dict.fromkeys(r.workload for r in results):
+        here = [r for r in results if r.workload == workload]
+        sign = -1.0 if here[0].maximize else 1.0
+
+        def by(value: float) -> float:
+            return sign * value if math.isfinite(value) else math.inf
+        default = min(here, key=lambda r: by(r.default.value if r.default and r.default.value is not None
+                                             else math.nan))
+        tuned = min(here, key=lambda r: by(mean_sd(r.seed_scores)[0]))
+        found[workload] = (default.optimizer, tuned.optimizer)
+    return found
+
+
+def sensitivity(results: Sequence[StudyResult]) -> dict[str, dict[str, list[tuple[float, float, bool]]]]:
+    """workload -> optimizer -> (lr, score, pruned) per counted trial, by lr."""
+    lines: dict[str, dict[str, list[tuple[float, float, bool]]]] = {}
+    for r in results:
+        points = [(t.params["lr"], t.value, t.state == "pruned") for t in r.trials
+                  if t.state in ("complete", "pruned") and t.value is not None and "lr" in t.params]
+        lines.setdefault(r.workload, {})[r.optimizer] = sorted(points)
+    return lines
+
+
+def costs(results: Sequence[StudyResult], floor: float) -> dict[str, dict[str, float]]:
+    """optimizer -> workload -> cost (lower is better) for performance profiles: the toy gap, floored at
+    `floor` (gaps below it count as equal), or the cifar error rate 1 - val_acc (seed means)."""
+    table: dict[str, dict[str, float]] = {}
+    for r in results:
+        mean = mean_sd(r.seed_scores)[0]
+        cost = (1.0 - mean) if r.maximize else mean
+        table.setdefault(r.optimizer, {})[r.workload] = max(cost, floor) if math.isfinite(cost) else math.inf
+    return table
+
+
+def profiles(table: dict[str, dict[str, float]], taus: np.ndarray) -> dict[str, np.ndarray]:
+    """Performance profiles (Dolan & More; AlgoPerf's scoring): for each optimizer, the share of workloads on
+    which its cost is within a factor tau of the best optimizer's, at every tau."""
+    workloads = sorted({w for row in table.values() for w in row})
+    best = {w: min(row.get(w, math.inf) for row in table.values()) for w in workloads}
+    curves = {}
+    for optimizer, row in table.items():
+        ratios = np.array([row.get(w, math.inf) / best[w] if best[w] > 0 else
+                           (1.0 if row.get(w) == best[w] else math.inf) for w in workloads])
+        curves[optimizer] = np.array([(ratios <= tau).mean() for tau in taus])
+    return curves

@@ -1,0 +1,103 @@
+"""Figures of a tune: lr sensitivity, seed bands, performance profiles and basin maps. Each returns a matplotlib
+Figure and never saves or shows it (as plots.py)."""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pipeline.plots import _colors  # noqa: F401 - also selects the headless backend before any figure
+
+Band = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x, mean, min, max
+
+
+def _panels(count: int, width: float = 5.5, height: float = 4.0) -> tuple[Figure, list]:
+    columns = min(count, 3)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel().tolist()
+    for extra in axes[count:]:
+        extra.set_visible(False)
+    return figure, axes[:count]
+
+
+def _legend(figure: Figure, axes: list) -> None:
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper", fontsize=8)
+
+
+def sensitivity_figure(lines: Mapping[str, Mapping[str, Sequence[tuple[float, float, bool]]]], ylabel: str,
+                       log_y: bool) -> Figure:
+    """Score against lr (log x), one line per optimizer and one panel per workload; pruned trials as x."""
+    figure, axes = _panels(len(lines))
+    names = sorted({name for per in lines.values() for name in per})
+    color = dict(zip(names, _colors(len(names))))
+    for ax, (workload, per) in zip(axes, lines.items()):
+        for name, points in per.items():
+            if not points:
+                continue
+            lr, score, pruned = (np.array(column) for column in zip(*points))
+            ax.plot(lr, score, "-o", ms=3, color=color[name], label=name)
+            ax.plot(lr[pruned], score[pruned], "x", ms=8, color=color[name])
+        ax.set(xscale="log", xlabel="learning rate", ylabel=ylabel, title=f"{workload}: score against lr "
+               "(x = pruned)")
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    _legend(figure, axes)
+    return figure
+
+
+def seeds_figure(panels: Mapping[str, Mapping[str, Band]], ylabel: str, log_y: bool = False) -> Figure:
+    """Mean line and min-max band over seeds per optimizer; one panel per x axis and workload (their titles)."""
+    figure, axes = _panels(len(panels))
+    names = sorted({name for per in panels.values() for name in per})
+    color = dict(zip(names, _colors(len(names))))
+    for ax, (title, per) in zip(axes, panels.items()):
+        for name, (x, mean, low, high) in per.items():
+            ax.plot(x, mean, color=color[name], label=name)
+            ax.fill_between(x, low, high, color=color[name], alpha=0.2, linewidth=0)
+        xlabel = title.rsplit(" against ", 1)[-1]
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    _legend(figure, axes)
+    return figure
+
+
+def profile_figure(taus: np.ndarray, curves: Mapping[str, np.ndarray], xlabel: str, log_x: bool) -> Figure:
+    """Performance profiles: share of workloads within a factor tau of the best, per optimizer."""
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    ax = figure.subplots()
+    for (name, share), color in zip(curves.items(), _colors(len(curves))):
+        ax.step(taus, share, where="post", color=color, label=name)
+    ax.set(xlabel=xlabel, ylabel="share of workloads", ylim=(-0.02, 1.02),
+           title="Performance profiles (higher and further left is better)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    figure.legend(loc="outside right upper", fontsize=8)
+    return figure
+
+
+def basins_figure(maps: Mapping[str, Mapping[str, np.ndarray]], windows: Mapping[str, tuple]) -> Figure:
+    """One panel per workload (row) and optimizer (column): the starts that reached the global minimum."""
+    rows, columns = len(maps), max(len(per) for per in maps.values())
+    figure = Figure(figsize=(2.2 * columns, 2.4 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for row, (workload, per) in zip(axes, maps.items()):
+        (x0, x1), (y0, y1) = windows[workload]
+        for ax, (name, reached) in zip(row, per.items()):
+            ax.imshow(reached, origin="lower", extent=(x0, x1, y0, y1), cmap="Greens", vmin=0, vmax=1.4,
+                      aspect="auto", interpolation="nearest")
+            ax.set_title(f"{name}: {reached.mean():.0%}", fontsize=8)
+            ax.tick_params(labelsize=6)
+        row[0].set_ylabel(workload)
+        for ax in row[len(per):]:
+            ax.set_visible(False)
+    figure.suptitle("Starts that reach the global minimum (green), tuned settings", fontsize=10)
+    return figure

@@ -1,0 +1,162 @@
+"""`tune`: equal budgets on Optuna, seeds of the best setting, the MLflow layout and the report, checked in real
+MLflow stores and the real Optuna storage; resuming; bad params."""
+import csv
+import io
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+
+from conftest import artifact_files, cli, metric_history, new_experiment, runs_of
+
+OPTIMIZERS, FUNCTIONS, K, S = ("adam", "sgd", "momentum"), ("rosenbrock", "ackley"), 4, 2
+TOY = ("--optimizers", ",".join(OPTIMIZERS), "--functions", ",".join(FUNCTIONS), "--trials", str(K),
+       "--seeds", str(S), "--steps", "150", "--starts", "16")
+
+
+def _storage(store_uri: str) -> str:
+    """The default Optuna storage: optuna.db beside the SQLite tracking store."""
+    return f"sqlite:///{Path(store_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
+
+
+def _studies(store_uri: str, key: str, phase: str) -> dict[str, optuna.Study]:
+    """study label (optimizer-function) -> its study, for one tune key and phase."""
+    storage = optuna.storages.RDBStorage(_storage(store_uri))
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)
+             if s.study_name.startswith(f"optlab-tune-{key}:") and s.study_name.endswith(f":{phase}")]
+    return {name.split(":")[1]: optuna.load_study(study_name=name, storage=storage) for name in names}
+
+
+@pytest.fixture(scope="module")
+def toy_tune(store_uri):
+    """Three optimizers on two functions, tuned in this process: (experiment, output, client, runs)."""
+    experiment = new_experiment()
+    done = cli("tune", *TOY, "--experiment", experiment, env={"MLFLOW_TRACKING_URI": store_uri})
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient(store_uri)
+    return experiment, done, client, runs_of(client, experiment)
+
+
+def _by_role(runs, role):
+    return [r for r in runs if r.data.tags.get("role") == role]
+
+
+def test_one_parent_a_child_per_optimizer_and_trials_defaults_seeds_under_each(toy_tune):
+    _, _, _, runs = toy_tune
+    (parent,) = [r for r in runs if r.data.tags.get("task") == "tune"]
+    children = _by_role(runs, "optimizer")
+    assert sorted(c.info.run_name for c in children) == sorted(f"{o}-{f}" for o in OPTIMIZERS for f in FUNCTIONS)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        below = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == child.info.run_id]
+        roles = sorted(r.data.tags["role"] for r in below)
+        assert roles == sorted(["trial"] * K + ["default"] + ["seed"] * S), child.info.run_name
+        assert {r.data.tags["study"] for r in below if r.data.tags["role"] == "trial"} == {child.data.tags["study"]}
+    assert len(runs) == 1 + len(children) * (2 + K + S)
+
+
+def test_a_toy_trial_logs_a_score_curve_and_a_seed_run_is_an_ordinary_toy_run(toy_tune):
+    _, _, client, runs = toy_tune
+    trial, seed = _by_role(runs, "trial")[0], _by_role(runs, "seed")[0]
+    steps, values = metric_history(client, trial.info.run_id, "score")
+    assert steps == list(range(151)) and np.isfinite(values).all() and (values >= 0).all()
+    assert artifact_files(client, trial.info.run_id) == set()  # no plot per start
+    assert trial.data.params["starts"] == "16" and "lr" in trial.data.params
+    assert {"trajectory.csv", "plots/contour.png", "plots/surface.png", "plots/loss.png"} <= \
+        artifact_files(client, seed.info.run_id)
+    assert seed.data.params["start"] != "default" and "loss" in seed.data.metrics and "score" in seed.data.metrics
+
+
+def test_every_optimizer_gets_exactly_k_trials_from_the_same_space(toy_tune, store_uri):
+    _, _, _, runs = toy_tune
+    key = _by_role(runs, "optimizer")[0].data.tags["study"].split(":")[0].removeprefix("optlab-tune-")
+    studies = _studies(store_uri, key, "trials")
+    assert sorted(studies) == sorted(f"{o}-{f}" for o in OPTIMIZERS for f in FUNCTIONS)
+    points = set()
+    for label, study in studies.items():
+        counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                          optuna.trial.TrialState.PRUNED)]
+        assert len(counted) == K, label
+        assert {t.distributions["lr"] for t in counted} == {optuna.distributions.FloatDistribution(1e-5, 10.0,
+                                                                                                   log=True)}
+        points.add(tuple(sorted(round(t.params["lr"], 12) for t in counted)))
+    assert len(points) == 1  # seeded alike: every optimizer was tried at the very same learning rates
+
+
+def _table(client, run_id: str) -> list[dict]:
+    with tempfile.TemporaryDirectory() as folder:
+        text = Path(client.download_artifacts(run_id, "tuned.csv", folder)).read_text()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_the_reported_best_is_the_best_trial_and_seed_statistics_match_the_seed_runs(toy_tune):
+    _, done, client, runs = toy_tune
+    (parent,) = [r for r in runs if r.data.tags.get("task") == "tune"]
+    table = {(row["optimizer"], row["workload"]): row for row in _table(client, parent.info.run_id)}
+    assert len(table) == len(OPTIMIZERS) * len(FUNCTIONS)
+    for child in _by_role(runs, "optimizer"):
+        below = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == child.info.run_id]
+        trials = _by_role(below, "trial")
+        best = min(trials, key=lambda r: (r.data.metrics["score"], int(r.data.tags["trial"])))
+        row = table[(child.data.tags["optimizer"], child.data.tags["workload"])]
+        assert float(row["tuned_lr"]) == pytest.approx(float(best.data.params["lr"]), rel=1e-3)
+        assert float(row["best_trial_score"]) == pytest.approx(best.data.metrics["score"], rel=1e-3)
+        assert child.data.tags["best_run_id"] == best.info.run_id
+        seeds = [r.data.metrics["score"] for r in _by_role(below, "seed")]
+        assert sorted(int(r.data.params["seed"]) for r in _by_role(below, "seed")) == [1, 2]
+        assert {r.data.params["lr"] for r in _by_role(below, "seed")} == {best.data.params["lr"]}
+        assert child.data.metrics["score_mean"] == pytest.approx(np.mean(seeds), rel=1e-9)
+        assert child.data.metrics["score_sd"] == pytest.approx(np.std(seeds, ddof=1), rel=1e-9)
+        (default,) = _by_role(below, "default")
+        assert float(default.data.params["lr"]) == float(row["default_lr"])
+        assert child.data.metrics["default_score"] == pytest.approx(default.data.metrics["score"], rel=1e-9)
+    assert "rosenbrock: at its default lr" in done.stdout and "with every optimizer tuned" in done.stdout
+
+
+def test_the_parent_logs_the_table_and_every_plot(toy_tune):
+    _, _, client, runs = toy_tune
+    (parent,) = [r for r in runs if r.data.tags.get("task") == "tune"]
+    assert artifact_files(client, parent.info.run_id) == {
+        "tuned.csv", "tuned.md", "plots/lr_sensitivity.png", "plots/seeds_score.png",
+        "plots/performance_profile.png", "plots/basins.png"}
+    assert parent.data.params["trials"] == str(K) and parent.data.params["sampler"] == "qmc"
+
+
+def test_the_same_command_again_continues_the_study_and_duplicates_no_run(toy_tune, store_uri):
+    experiment, _, client, runs = toy_tune
+    again = cli("tune", *TOY, "--experiment", experiment, env={"MLFLOW_TRACKING_URI": store_uri})
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = runs_of(client, experiment)
+    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in runs)
+    assert " trial " not in again.stdout  # nothing ran again
+    assert all(r.info.status == "FINISHED" for r in after)
+
+
+@pytest.mark.parametrize("params,message", [
+    (("--sampler", "bayes"), "sampler: expected one of qmc, grid, random, tpe, got 'bayes'"),
+    (("--pruner", "hyperband"), "pruner: expected none for task=toy"),
+    (("--lr", "0.1"), "lr: tune searches lr between lr_min and lr_max"),
+    (("--lr_min", "1", "--lr_max", "0.1"), "lr_min, lr_max: expected 0 < lr_min < lr_max"),
+    (("--functions", "rosenbrock,himmelblau2"), "unknown function 'himmelblau2'"),
+    (("--search", "lr,beta"), "search: expected one of lr, lr,weight_decay"),
+    (("--storage", "redis://x"), "storage: expected empty"),
+    (("--trials", "0"), "trials: expected an integer in [1, 10000], got 0"),
+    (("--optimizer", "adam"), "optimizer: tune takes optimizers=a,b,c"),
+    (("--task", "cifar", "--functions", "ackley"), "functions: expected empty for task=cifar"),
+    (("--search", "lr,weight_decay", "--weight_decay", "0.1"), "weight_decay: search=lr,weight_decay searches it"),
+])
+def test_bad_params_are_one_line_and_exit_2(tracking, params, message):
+    done = cli("tune", *params, "--experiment", new_experiment())
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
+        done.stderr
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(tracking, tmp_path):
+    done = cli("tune", "--optimizers", "adam", "--trials", "1", "--seeds", "1", "--steps", "5",
+               "--storage", "postgresql+psycopg2://nobody:secret@127.0.0.1:1/optuna", "--experiment", new_experiment())
+    assert done.returncode == 2 and done.stderr.startswith("error: storage: cannot open"), done.stderr
+    assert "secret" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
