@@ -131,26 +131,28 @@ class Worker:
         return self.cifar_score(plan, phase, cfg, trial, hooks)
 
     def toy_score(self, plan: StudyPlan, phase: str, cfg: Any, hooks: RunHooks) -> float:
-        """The mean capped gap over `starts` random starts; a seed rerun is an ordinary toy run besides."""
-        curve = scores.score_curve(get_function(cfg.function), cfg.optimizer_settings, self.cfg.starts, cfg.seed,
-                                   cfg.steps, cfg.tolerance)
-        steps = [(step, int(time.time() * 1000), {"score": float(value)}) for step, value in enumerate(curve)]
+        """The mean capped gap over `starts` random starts, computed and logged (per step) inside the run; a
+        seed rerun is an ordinary toy run besides."""
+        curve = []
 
-        def log_score(run: Any) -> None:
+        def score(run: Any) -> None:
             hooks.opened(run)
+            curve.extend(scores.score_curve(get_function(cfg.function), cfg.optimizer_settings, self.cfg.starts,
+                                            cfg.seed, cfg.steps, cfg.tolerance))
+            now = int(time.time() * 1000)
             run.log_params({"starts": self.cfg.starts})
-            run.log_steps(steps)
+            run.log_steps([(step, now, {"score": float(value)}) for step, value in enumerate(curve)])
 
         if phase == "seeds":
             from pipeline.toy import run_toy  # noqa: PLC0415 - toy's plotting loads only where a seed run needs it
 
             run_toy(dataclasses.replace(cfg, start="random"), self.parent(plan),
-                    RunHooks(tags={**hooks.tags, "seed": str(cfg.seed)}, on_open=log_score))
-            return float(curve[-1])
-        with tracking.open_run(cfg.experiment, f"{plan.label}-{ROLES[phase]}", {"task": "toy", **hooks.tags},
-                               parent=self.parent(plan)) as run:
-            log_score(run)
-            run.log_params(logged_params(cfg))
+                    RunHooks(tags={**hooks.tags, "seed": str(cfg.seed)}, on_open=score))
+        else:
+            with tracking.open_run(cfg.experiment, f"{plan.label}-{ROLES[phase]}", {"task": "toy", **hooks.tags},
+                                   parent=self.parent(plan)) as run:
+                run.log_params(logged_params(cfg))
+                score(run)
         return float(curve[-1])
 
     def cifar_score(self, plan: StudyPlan, phase: str, cfg: Any, trial: optuna.trial.Trial,

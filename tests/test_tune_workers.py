@@ -1,0 +1,111 @@
+"""Many workers on one study: the exact budget when two ask at once, seed indices, two real worker processes on
+the local default storage, and a worker killed with SIGKILL mid-trial whose trial is failed and retried."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from conftest import REPO, cli, new_experiment, run_cli, runs_of
+from pipeline import search
+from test_tune import _studies
+
+
+def _study() -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(storage=optuna.storages.InMemoryStorage())
+
+
+def test_when_two_workers_ask_for_the_last_place_the_later_trial_is_surplus_and_never_runs():
+    study, budget = _study(), 2
+    study.tell(study.ask(), 1.0)
+    first, second = study.ask(), study.ask()  # two workers, one place left
+    assert search._within_budget(study, first, budget) and not search._within_budget(study, second, budget)
+    ran = []
+    study.tell(first, 2.0)
+    study.tell(second, state=TrialState.FAIL)
+    assert not search.has_room(study, budget) and search.is_done(study, budget)
+    search.run_one(study, budget, lambda trial: ran.append(trial.number) or 0.0)  # a late worker
+    assert ran == [] and search.counts(study) == {"complete": 2, "pruned": 0, "running": 0, "waiting": 0,
+                                                  "fail": 1, "surplus": 1, "retried": 0}
+
+
+def test_a_retry_is_run_before_new_points_and_keeps_the_trials_params():
+    study, budget = _study(), 2
+    dead = study.ask()
+    dead.suggest_float("lr", 1e-3, 1.0, log=True)
+    study.tell(dead, state=TrialState.FAIL)
+    search.retry(study, study.trials[0])
+    assert search.counts(study)["waiting"] == 1 and search.has_room(study, budget)
+    search.run_one(study, budget, lambda trial: trial.suggest_float("lr", 1e-3, 1.0, log=True))
+    retried = study.trials[1]
+    assert retried.state == TrialState.COMPLETE and retried.params == study.trials[0].params
+    assert search.counts(study)["retried"] == 1 and search.counts(study)["fail"] == 0
+
+
+def test_seed_indices_follow_trial_numbers_whatever_order_workers_ask_in():
+    study = _study()
+    trials = [study.ask() for _ in range(3)]
+    assert [search.seed_index(study, t) for t in (trials[2], trials[0], trials[1])] == [2, 0, 1]
+    study.tell(trials[1], state=TrialState.FAIL)  # its seed is free again: the next new trial takes it
+    assert search.seed_index(study, study.ask()) == 1
+
+
+def test_a_study_that_keeps_failing_gives_up_instead_of_looping():
+    study, budget = _study(), 2
+    for _ in range(3):
+        search.run_one(study, budget, lambda trial: 1 / 0)
+    assert search.counts(study)["fail"] == 3 and not search.has_room(study, budget) and search.is_done(study, budget)
+
+
+def _trial_runs(client, experiment):
+    return [r for r in runs_of(client, experiment) if r.data.tags.get("role") == "trial"]
+
+
+def test_two_worker_processes_share_the_local_study_and_run_no_trial_twice(tracking, store_uri):
+    experiment, k = new_experiment(), 4
+    done = run_cli("tune", "--optimizers", "adam,momentum", "--functions", "ackley", "--trials", str(k),
+                   "--seeds", "1", "--steps", "800", "--tolerance", "0", "--starts", "8", "--workers", "2",
+                   "--experiment", experiment, env={"MLFLOW_TRACKING_URI": store_uri})
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = _trial_runs(tracking, experiment)
+    assert len({r.data.tags["worker"] for r in trials}) == 2  # both processes took trials
+    key = trials[0].data.tags["study"].split(":")[0].removeprefix("optlab-tune-")
+    for label, study in _studies(store_uri, key, "trials").items():
+        counts = search.counts(study)
+        assert counts["complete"] + counts["pruned"] == k, (label, counts)
+        ran = sorted(int(r.data.tags["trial"]) for r in trials if r.data.tags["optimizer"] == label.split("-")[0])
+        assert ran == sorted(t.number for t in study.trials if not t.user_attrs.get("surplus")), label
+    assert all(r.info.status == "FINISHED" for r in runs_of(tracking, experiment))
+
+
+def test_a_worker_killed_mid_trial_is_failed_and_retried_and_a_restarted_worker_completes(tracking, store_uri):
+    experiment = new_experiment()
+    params = ("tune", "--optimizers", "adam", "--functions", "ackley", "--trials", "2", "--seeds", "1",
+              "--steps", "3000", "--tolerance", "0", "--starts", "8", "--heartbeat_s", "1",
+              "--experiment", experiment)
+    worker = subprocess.Popen([sys.executable, "-m", "pipeline", *params], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_TRACKING_URI": store_uri})
+    deadline, running = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not running:
+        time.sleep(0.3)
+        found = tracking.get_experiment_by_name(experiment)
+        running = [r for r in (_trial_runs(tracking, experiment) if found else []) if r.info.status == "RUNNING"]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert running, "no trial started within 120 s"
+    killed = running[0].info.run_id
+    time.sleep(3.5)  # its heartbeats stopped: past the grace period of 3 heartbeats
+    again = cli(*params, env={"MLFLOW_TRACKING_URI": store_uri})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert tracking.get_run(killed).info.status == "FAILED"
+    assert "heartbeats" in tracking.get_run(killed).data.tags["error"]
+    key = running[0].data.tags["study"].split(":")[0].removeprefix("optlab-tune-")
+    (study,) = _studies(store_uri, key, "trials").values()
+    counts = search.counts(study)
+    assert counts["complete"] == 2 and counts["retried"] == 1 and counts["running"] == 0
+    statuses = [r.info.status for r in runs_of(tracking, experiment)]
+    assert statuses.count("FAILED") == 1 and statuses.count("RUNNING") == 0
