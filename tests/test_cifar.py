@@ -123,12 +123,15 @@ def test_missing_data_under_mlflow_run_leaves_no_run_running(tracking):
 
 
 def test_mlflow_run_resume_with_nothing_to_resume_is_exit_2(tracking):
-    experiment = new_experiment()
-    done = mlflow_run("cifar", "resume=true", "model=tiny_cnn", f"data_dir={SHARED_SUBSET}", "epochs=1",
-                      experiment=experiment)
-    assert done.returncode != 0 and "Traceback" not in done.stderr
+    # In-process, handed a new run as `mlflow run` hands one (its run, experiment and store in the environment):
+    # the `mlflow run` path itself is test_missing_data_under_mlflow_run's and the resnet18 test's.
+    experiment_id = tracking.create_experiment(new_experiment())
+    run_id = tracking.create_run(experiment_id).info.run_id
+    done = cli("cifar", "--resume", "true", "--model", "tiny_cnn", "--data_dir", str(SHARED_SUBSET), "--epochs", "1",
+               env={"MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: resume: `mlflow run` started a new run, which has nothing to resume" in done.stderr
-    (run,) = runs_of(tracking, experiment)
+    (run,) = tracking.search_runs([experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["error"].startswith("resume: `mlflow run` started")
     assert "train_loss" not in run.data.metrics
 
