@@ -5,9 +5,7 @@ import io
 import mlflow
 import pytest
 
-from conftest import (SHARED_SUBSET, artifact_files, cli, metric_history, new_experiment, run_cli,
-                      runs_of)
-from pipeline.optimizers import optimizer_names
+from conftest import SHARED_SUBSET, artifact_files, cli, metric_history, new_experiment, runs_of
 
 TOY_PLOTS = {"plots/contour.png", "plots/surface.png", "plots/loss.png", "plots/paths.gif"}
 CIFAR_PLOTS = {"plots/train_accuracy.png", "plots/train_loss.png", "plots/test_accuracy.png",
@@ -23,18 +21,23 @@ def _summary(parent_id: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+# Three optimizers are enough to show a child per optimizer, the overlays and the reuse; that the default sweep
+# names every registered optimizer is test_config's, and that each of them descends is test_descent's.
+SWEPT = ("sgd", "adam", "rmsprop")
+
+
 def test_toy_sweep_logs_a_child_per_optimizer_overlays_and_reuses_them(tracking):
     experiment = new_experiment()
-    args = ("compare", "--task", "toy", "--function", "rosenbrock", "--lr", "0.01", "--steps", "60",
-            "--experiment", experiment)
-    done = run_cli(*args)  # compare's one test in a real process; the other calls run in-process
+    args = ("compare", "--task", "toy", "--optimizers", ",".join(SWEPT), "--function", "rosenbrock", "--lr",
+            "0.01", "--steps", "60", "--experiment", experiment)
+    done = cli(*args)  # in-process: the cifar sweep (conftest.cifar_sweep) runs compare in a real process
     assert done.returncode == 0, done.stderr[-3000:]
     (parent,) = [r for r in runs_of(tracking, experiment) if r.data.tags.get("task") == "compare"]
     children = _children(tracking, parent.info.run_id, experiment)
-    assert sorted(c.data.params["optimizer"] for c in children) == sorted(optimizer_names())
+    assert sorted(c.data.params["optimizer"] for c in children) == sorted(SWEPT)
     assert artifact_files(tracking, parent.info.run_id) == TOY_PLOTS | {"summary.csv", "summary.md"}
     rows = {row["optimizer"]: row for row in _summary(parent.info.run_id)}
-    assert set(rows) == set(optimizer_names())
+    assert set(rows) == set(SWEPT)
     assert rows["sgd"]["diverged"] == "yes" and rows["adam"]["diverged"] == "no"  # lr 0.01 is too much for sgd
     adam = next(c for c in children if c.data.params["optimizer"] == "adam")
     assert float(rows["adam"]["final_loss"]) == pytest.approx(metric_history(tracking, adam.info.run_id,
@@ -42,9 +45,9 @@ def test_toy_sweep_logs_a_child_per_optimizer_overlays_and_reuses_them(tracking)
     assert parent.data.params["function"] == "rosenbrock" and parent.data.params["task"] == "toy"
 
     again = cli(*args)
-    assert again.returncode == 0 and again.stdout.count("reusing finished run") == len(optimizer_names())
+    assert again.returncode == 0 and again.stdout.count("reusing finished run") == len(SWEPT)
     runs = runs_of(tracking, experiment)
-    assert len(runs) == 2 + len(optimizer_names())  # a second parent, no new children
+    assert len(runs) == 2 + len(SWEPT)  # a second parent, no new children
     newest_parent = runs[0]
     assert {row["reused"] for row in _summary(newest_parent.info.run_id)} == {"yes"}
 
@@ -52,7 +55,7 @@ def test_toy_sweep_logs_a_child_per_optimizer_overlays_and_reuses_them(tracking)
     assert redraw.returncode == 0, redraw.stderr[-2000:]
     redrawn = runs_of(tracking, experiment)[0]
     assert redrawn.data.tags["redrawn_from"] == parent.info.run_id
-    assert len(runs_of(tracking, experiment)) == 3 + len(optimizer_names())
+    assert len(runs_of(tracking, experiment)) == 3 + len(SWEPT)
     assert artifact_files(tracking, redrawn.info.run_id) >= TOY_PLOTS
 
 
