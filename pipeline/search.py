@@ -10,6 +10,8 @@ worker stops sending heartbeats is failed by whichever worker notices, and retri
 from __future__ import annotations
 
 import math
+import random
+import time
 import warnings
 from typing import Any, Callable
 
@@ -22,6 +24,7 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 MAX_RETRIES = 3  # a trial whose workers keep dying is retried at most this often
 GRACE_BEATS = 3  # heartbeats a trial may miss before it counts as dead
+SCHEMA_TRIES = 4  # attempts to open a storage whose tables another worker is creating
 Bounds = dict[str, tuple[float, float]]  # dimension -> (low, high), searched log-uniform
 
 
@@ -41,16 +44,25 @@ def redacted(url: str) -> str:
 
 def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> Any:
     """Optuna's RDB storage at `url` (SQLite for one machine, PostgreSQL for many), with heartbeats; a database
-    that cannot be reached is one UsageError."""
+    that cannot be reached is one UsageError. Workers that start together on an empty database race to create
+    its tables: the losers try again, and then find them."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError  # noqa: PLC0415
+
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                                              grace_period=GRACE_BEATS * heartbeat_s,
-                                              heartbeat_stale_trial_callback=on_stale)
-        except Exception as error:  # noqa: BLE001 - any driver's error: the user's URL or database
-            raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
+    for attempt in range(SCHEMA_TRIES):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                                                  grace_period=GRACE_BEATS * heartbeat_s,
+                                                  heartbeat_stale_trial_callback=on_stale)
+            except (IntegrityError, ProgrammingError) as error:
+                if attempt + 1 == SCHEMA_TRIES:
+                    raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
+                time.sleep(1.0 + random.random())
+            except Exception as error:  # noqa: BLE001 - any driver's error: the user's URL or database
+                raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
+    raise AssertionError("unreachable")
 
 
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:

@@ -86,3 +86,45 @@ def test_a_tiny_cifar_run_and_its_model_are_stored_in_postgres(postgres_server):
     assert len(models) == 1 and run.data.tags["model_uri"] == f"models:/{models[0][0]}"
     inputs = _rows(pgdata, "SELECT count(*) FROM inputs WHERE destination_id = %s", run_id)
     assert inputs == [(2,)]  # the train and test datasets (mlflow.log_input)
+
+
+def test_two_tune_commands_share_one_study_in_postgres(postgres_server):
+    """Two `tune` commands, as on two machines: one PostgreSQL study storage, one tracking server. Each
+    optimizer ends with exactly K counted trials, no trial ran twice, and both commands took trials."""
+    import os
+    import subprocess
+    import sys
+
+    import optuna
+
+    from conftest import REPO
+    from pipeline import search
+
+    url, pgdata = postgres_server
+    port = (pgdata / "data" / "postmaster.pid").read_text().splitlines()[3]
+    storage = f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/optuna"
+    experiment, k = new_experiment(), 4
+    command = [sys.executable, "-m", "pipeline", "tune", "--optimizers", "adam,sgd", "--functions", "booth",
+               "--trials", str(k), "--seeds", "1", "--steps", "800", "--tolerance", "0", "--starts", "8",
+               "--storage", storage, "--experiment", experiment]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PGPASSFILE": str(pgdata / "pgpass")}
+    workers = [subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    client = mlflow.MlflowClient(url)
+    runs = runs_of(client, experiment)
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len({r.data.tags["worker"] for r in trials}) == 2
+    assert len([r for r in runs if r.data.tags.get("task") == "tune"]) == 1  # both logged under one parent
+    with_pg = {**os.environ, "PGPASSFILE": str(pgdata / "pgpass")}
+    os.environ.update(with_pg)
+    rdb = optuna.storages.RDBStorage(storage)
+    for optimizer in ("adam", "sgd"):
+        name = trials[0].data.tags["study"].split(":")[0] + f":{optimizer}-booth:trials"
+        study = optuna.load_study(study_name=name, storage=rdb)
+        counts = search.counts(study)
+        assert counts["complete"] + counts["pruned"] == k and counts["running"] == 0, counts
+        ran = sorted(int(r.data.tags["trial"]) for r in trials if r.data.tags["optimizer"] == optimizer)
+        assert ran == sorted(t.number for t in study.trials if not t.user_attrs.get("surplus"))
+    assert all(r.info.status == "FINISHED" for r in runs)

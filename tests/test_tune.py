@@ -160,3 +160,31 @@ def test_a_storage_that_cannot_be_opened_is_one_line(tracking, tmp_path):
                "--storage", "postgresql+psycopg2://nobody:secret@127.0.0.1:1/optuna", "--experiment", new_experiment())
     assert done.returncode == 2 and done.stderr.startswith("error: storage: cannot open"), done.stderr
     assert "secret" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_cifar_tune_with_hyperband_counts_pruned_trials_and_logs_the_same_report(tracking, store_uri):
+    from conftest import SHARED_SUBSET
+
+    experiment, k = new_experiment(), 3
+    done = cli("tune", "--task", "cifar", "--optimizers", "adam,momentum", "--trials", str(k), "--seeds", "2",
+               "--model", "tiny_cnn", "--data_dir", str(SHARED_SUBSET), "--train_limit", "256", "--val_limit", "128",
+               "--epochs", "3", "--pruner", "hyperband", "--log_model", "false", "--system_metrics", "false",
+               "--experiment", experiment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = runs_of(tracking, experiment)
+    (parent,) = [r for r in runs if r.data.tags.get("task") == "tune"]
+    assert {"tuned.csv", "tuned.md", "plots/lr_sensitivity.png", "plots/seeds_val_acc.png",
+            "plots/seeds_train_loss.png"} == artifact_files(tracking, parent.info.run_id)
+    key = parent.data.tags["tune_key"]
+    for label, study in _studies(store_uri, key, "trials").items():
+        states = [t.state for t in study.trials]
+        assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == k
+    for run in _by_role(runs, "trial") + _by_role(runs, "seed"):  # ordinary cifar runs
+        assert run.data.tags["task"] == "cifar" and "val_acc" in run.data.metrics and run.info.status == "FINISHED"
+    pruned = [r for r in _by_role(runs, "trial") if r.data.tags.get("stopped_early") == "true"]
+    assert all(int(tracking.get_metric_history(r.info.run_id, "val_acc")[-1].step) < 3 for r in pruned)
+    for child in _by_role(runs, "optimizer"):
+        seeds = [r for r in _by_role(runs, "seed") if r.data.tags["mlflow.parentRunId"] == child.info.run_id]
+        finals = [tracking.get_metric_history(r.info.run_id, "val_acc")[-1].value for r in seeds]
+        assert child.data.metrics["score_mean"] == pytest.approx(np.mean(finals))
+        assert child.data.metrics["score_sd"] == pytest.approx(np.std(finals, ddof=1))
