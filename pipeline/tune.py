@@ -102,19 +102,25 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object) -> None
 
 def main(cfg: TuneConfig) -> int:
     """The `tune` entry point: print the tuned table and which optimizer wins before and after tuning."""
+    run_id, markdown, lines = tune(cfg)
+    print(markdown)
+    print("\n".join(lines))
+    print(f"tune run {run_id}")
+    return EXIT_OK
+
+
+def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
+    """Join (or start) the study, work until every study is done, report; returns (parent run id, the tuned
+    table in Markdown, one line per workload saying who wins at default settings and who wins tuned)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = storage_url(cfg)
     storage = search.open_storage(url, cfg.heartbeat_s, on_stale)
     ids = join(cfg, storage)
-    studies = len(cfg.children)
-    print(f"tune {cfg.task}: {studies} studies (optimizer x workload), {cfg.trials} trials and {cfg.seeds} seeds "
-          f"each, {cfg.workers} worker(s) here; storage {search.redacted(url)}; tune run {ids.parent}", flush=True)
+    print(f"tune {cfg.task}: {len(cfg.children)} studies (optimizer x workload), {cfg.trials} trials and "
+          f"{cfg.seeds} seeds each, {cfg.workers} worker(s) here; storage {search.redacted(url)}; tune run "
+          f"{ids.parent}", flush=True)
     with tracking.open_run(cfg.experiment, f"tune-{cfg.task}", run_id=ids.parent) as parent:
         run_workers(cfg, ids, url, storage)
         results = collect(cfg, Worker(cfg, ids, storage))
         markdown, lines = report(cfg, parent, ids, results)
-    print(markdown)
-    print("\n".join(lines))
-    print(f"tune run {parent.run_id}")
-    return EXIT_OK
-
+    return parent.run_id, markdown, lines

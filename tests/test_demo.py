@@ -20,6 +20,8 @@ def _tiny(monkeypatch, data_params: dict) -> tuple[str, str, str]:
                   "experiment": cifar, **data_params}
     for name in ("CIFAR_CPU", "CIFAR_GPU"):  # whichever this machine picks
         monkeypatch.setattr(demo, name, tiny_cifar)
+    monkeypatch.setattr(demo, "TUNE", {**demo.TUNE, "optimizers": ",".join(TOY_OPTIMIZERS), "trials": "2",
+                                       "seeds": "1", "steps": "20", "starts": "4", "experiment": new_experiment()})
     return toy, cifar, model_name
 
 
@@ -63,6 +65,9 @@ def test_demo_runs_both_sweeps_crowns_a_champion_and_says_where_to_look(tracking
     assert f"Best model: models:/{model_name}@champion" in out
     assert f"Runs are in {store_uri}. Open the UI: make ui, then http://127.0.0.1:5000 (experiment {toy})" in out
     assert "skipped" not in out
+    tune = runs_of(tracking, demo.TUNE["experiment"])
+    assert [r.data.tags.get("task") for r in tune].count("tune") == 1 and len(tune) == 1 + 2 * 2 * (1 + 2 + 1 + 1)
+    assert "What the tune shows" in out and "rosenbrock: at its default lr" in out and "ackley: " in out
 
 
 def test_demo_without_data_skips_cifar_in_one_line_and_still_runs_the_toy_sweep(tracking, monkeypatch, capsys,
