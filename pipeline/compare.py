@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import plots, summary, tracking
+from pipeline import plots, summary, tracking, tuned, tuneplots
 from pipeline.config import CompareConfig, as_params
 from pipeline.errors import EXIT_OK, UsageError
 from pipeline.functions import get_function
@@ -84,7 +84,7 @@ def shared_params(cfg: CompareConfig) -> dict[str, str]:
                for key in TUNABLE
                if 0 < sum(getattr(c, key) is not None for c in cfg.children) < len(cfg.children)}
     return {**common, **partial, "task": cfg.task, "optimizers": ",".join(cfg.optimizer_list()),
-            "rerun": str(cfg.rerun), "lockstep": str(cfg.lockstep)}
+            "rerun": str(cfg.rerun), "lockstep": str(cfg.lockstep), "seeds": str(cfg.seeds)}
 
 
 def draw_toy(run: tracking.Run, records: list[RunRecord], scratch: Path) -> None:
@@ -177,6 +177,36 @@ def main(cfg: CompareConfig) -> int:
     return EXIT_OK
 
 
+def train_seeds(cfg: CompareConfig, parent: tracking.Run, train) -> list[list[RunRecord]]:
+    """Every child on each of the sweep's seeds (seed, seed+1, ...): records per seed, in the children's order."""
+    per_seed = []
+    for offset in range(cfg.seeds):
+        seeded = dataclasses.replace(cfg, children=tuple(dataclasses.replace(c, seed=c.seed + offset)
+                                                         for c in cfg.children))
+        per_seed.append(run_lockstep(seeded, parent, train) if cfg.lockstep else
+                        [run_child(seeded, child, parent, train) for child in seeded.children])
+    return per_seed
+
+
+def draw_seeds(run: tracking.Run, task: str, per_seed: list[list[RunRecord]]) -> None:
+    """plots/seeds_<metric>.png: mean line and min-max band over the seeds per optimizer."""
+    metrics, axes = (("val_acc", "train_loss"), ("epoch", "training seconds")) if task == "cifar" else \
+        (("loss",), ("step",))
+    for metric in metrics:
+        panels: dict[str, dict] = {f"{metric} against {axis}": {} for axis in axes}
+        for index, record in enumerate(per_seed[0]):
+            runs = [seed[index] for seed in per_seed if seed[index].run_id != "-" and seed[index].series(metric)[1]]
+            if not runs:
+                continue
+            mean, low, high = tuned.band([r.series(metric)[1] for r in runs])
+            steps = np.array(runs[0].series(metric)[0][: len(mean)])
+            panels[f"{metric} against {axes[0]}"][record.label] = (steps, mean, low, high)
+            if task == "cifar":
+                seconds = tuned.band([np.cumsum(r.series("epoch_time")[1]) for r in runs])[0]
+                panels[f"{metric} against training seconds"][record.label] = (seconds, mean, low, high)
+        run.log_figure(tuneplots.seeds_figure(panels, metric, log_y=metric != "val_acc"), f"plots/seeds_{metric}.png")
+
+
 def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
     """Train (or reuse) every child, then draw and summarise; returns (parent run id, summary, champion URI)."""
     if cfg.from_runs:
@@ -186,12 +216,12 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
     tags = {"task": "compare", "compare_task": cfg.task, **({"redrawn_from": cfg.from_runs} if cfg.from_runs else {})}
     with tracking.open_run(cfg.experiment, f"compare-{cfg.task}", tags) as parent:
         parent.log_params(shared_params(cfg))
-        if cfg.from_runs:
-            records = [_record(run_id, cfg.task, reused=True) for run_id in ids]
-        elif cfg.lockstep:
-            records = run_lockstep(cfg, parent, train)
-        else:
-            records = [run_child(cfg, child, parent, train) for child in cfg.children]
+        per_seed = [[_record(run_id, cfg.task, reused=True) for run_id in ids]] if cfg.from_runs else \
+            train_seeds(cfg, parent, train)
+        records = per_seed[0]
         markdown = report(parent, cfg.task, records, f"compare {cfg.task}: {len(records)} optimizers")
+        if len(per_seed) > 1:
+            draw_seeds(parent, cfg.task, per_seed)
+            parent.set_tags({"seed_runs": ",".join(r.run_id for seed in per_seed[1:] for r in seed)[:5000]})
         uri = crown(parent, records) if cfg.task == "cifar" else None
     return parent.run_id, markdown, uri

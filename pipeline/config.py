@@ -158,6 +158,7 @@ class CompareConfig:
     rerun: bool  # train again even where a finished run with the same config and code exists
     from_runs: str  # a compare run id or an experiment name: redraw from stored runs, train nothing
     lockstep: bool  # cifar: train all children in one process on the very same batches
+    seeds: int  # runs per optimizer, on seeds seed .. seed+seeds-1
     experiment: str
     children: tuple = ()  # each optimizer's validated task config, filled by build_compare
 
@@ -166,6 +167,7 @@ class CompareConfig:
         _check_experiment(self.experiment)
         require(self.task == "cifar" or not self.lockstep, "lockstep", self.lockstep, "false for task=toy "
                  "(toy runs are batched already)")
+        require(1 <= self.seeds <= 1000, "seeds", self.seeds, "an integer in [1, 1000]")
 
     def optimizer_list(self) -> list[str]:
         """The optimizers to compare, validated, without repeats, in the order given."""
@@ -203,6 +205,8 @@ def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path 
     children = tuple(build_config(config.task, {**_accepted(passed, name), "optimizer": name,
                                                 "experiment": config.experiment}, params_file)
                      for name in names)
+    if config.seeds > 1 and config.task == "toy" and children[0].start != "random":
+        raise UsageError(f"seeds: toy runs differ by seed only with start=random (got start={children[0].start!r})")
     return dataclasses.replace(config, children=children)
 
 

@@ -57,8 +57,7 @@ def _seed_bands(cfg: TuneConfig, results: list[StudyResult], metric: str) -> dic
         if not curves:
             continue
         length = min(len(c) for c in curves)
-        stack = np.stack([c[:length] for c in curves])
-        band = (stack.mean(0), stack.min(0), stack.max(0))
+        band = tuned.band(curves)
         axis = "epoch" if cfg.task == "cifar" else "step"
         steps = np.arange(1, length + 1) if cfg.task == "cifar" else np.arange(length)
         panels.setdefault(f"{result.workload}: {metric} against {axis}", {})[result.optimizer] = (steps, *band)

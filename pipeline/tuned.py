@@ -135,3 +135,10 @@ def profiles(table: dict[str, dict[str, float]], taus: np.ndarray) -> dict[str, 
                            (1.0 if row.get(w) == best[w] else math.inf) for w in workloads])
         curves[optimizer] = np.array([(ratios <= tau).mean() for tau in taus])
     return curves
+
+
+def band(curves: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over curves at each step, up to the shortest curve's length."""
+    length = min(len(c) for c in curves)
+    stack = np.array([list(c)[:length] for c in curves], dtype=float)
+    return stack.mean(0), stack.min(0), stack.max(0)

@@ -135,3 +135,20 @@ def test_the_parent_records_which_children_got_a_setting_only_some_take():
     params = shared_params(build_compare({"optimizers": "sgd,adam,nesterov", "momentum": "0.5"}))
     assert params["momentum_applies_to"] == "sgd,nesterov" and "momentum" not in params
     assert "lr_applies_to" not in shared_params(build_compare({"optimizers": "sgd,adam", "lr": "0.1"}))
+
+
+def test_seeds_run_each_optimizer_on_every_seed_and_band_them(tracking):
+    experiment = new_experiment()
+    done = cli("compare", "--optimizers", "adam,sgd", "--function", "ackley", "--start", "random", "--seeds", "3",
+               "--steps", "30", "--experiment", experiment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = runs_of(tracking, experiment)
+    (parent,) = [r for r in runs if r.data.tags.get("task") == "compare"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted((c.data.params["optimizer"], c.data.params["seed"]) for c in children) == \
+        sorted((o, str(s)) for o in ("adam", "sgd") for s in range(3))
+    assert len({c.data.params["start"] for c in children}) == 3  # the seed picks the start, the same for both
+    assert "plots/seeds_loss.png" in artifact_files(tracking, parent.info.run_id)
+    assert parent.data.params["seeds"] == "3"
+    refused = cli("compare", "--optimizers", "adam", "--seeds", "2", "--experiment", experiment)
+    assert refused.returncode == 2 and "seeds: toy runs differ by seed only with start=random" in refused.stderr
