@@ -72,8 +72,9 @@ def row(result: StudyResult) -> dict[str, Any]:
             "tuned_weight_decay": best.params.get("weight_decay", math.nan) if best else math.nan,
             "best_trial_score": best.value if best else math.nan, "score_mean": mean, "score_sd": sd,
             "seeds": len(result.seed_scores),
-            "time_to_target_median": statistics.median(times) if times else math.nan,
-            "time_to_target_range": f"{times[0]:.4g}-{times[-1]:.4g}" if times else "-",
+            **({"time_to_target_median": statistics.median(times) if times else math.nan,
+                "time_to_target_range": f"{times[0]:.4g}-{times[-1]:.4g}" if times else "-"}
+               if result.maximize else {}),  # cifar only: a toy run has no training clock
             "trials_completed": result.counted("complete"), "trials_pruned": result.counted("pruned"),
             "trials_failed": result.counted("fail"), "best_trial": best.number if best else "-"}
 
