@@ -122,7 +122,6 @@ def report(cfg: TuneConfig, parent: tracking.Run, ids: RunIds, results: list[Stu
                           "plots/performance_profile.png")
     if cfg.task == "toy":
         parent.log_figure(tuneplots.basins_figure(*_basins(cfg, results)), "plots/basins.png")
-    lines = [f"{workload}: at its default lr {default} wins; with every optimizer tuned, {best} wins"
-             for workload, (default, best) in tuned.winners(results).items()]
+    lines = tuned.winner_lines(results)
     parent.set_tags({"winners": "; ".join(lines)[:5000]})
     return markdown, lines

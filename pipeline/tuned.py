@@ -88,20 +88,32 @@ def rows(results: Sequence[StudyResult]) -> list[dict[str, Any]]:
     return [row(r) for r in sorted(results, key=order)]
 
 
-def winners(results: Sequence[StudyResult]) -> dict[str, tuple[str, str]]:
-    """workload -> (the optimizer best at its default lr, the optimizer best once tuned: by seed mean)."""
+def winners(results: Sequence[StudyResult]) -> dict[str, tuple[str, str, list[str]]]:
+    """workload -> (the optimizer best at its default lr, the optimizer best once tuned (by seed mean), the
+    others whose seed mean is within one seed sd of that winner's: no clear difference)."""
     found = {}
     for workload in dict.fromkeys(r.workload for r in results):
         here = [r for r in results if r.workload == workload]
         sign = -1.0 if here[0].maximize else 1.0
 
-        def by(value: float) -> float:
-            return sign * value if math.isfinite(value) else math.inf
-        default = min(here, key=lambda r: by(r.default.value if r.default and r.default.value is not None
-                                             else math.nan))
+        def by(value: float | None) -> float:
+            return sign * value if value is not None and math.isfinite(value) else math.inf
+        default = min(here, key=lambda r: by(r.default.value if r.default else None))
         tuned = min(here, key=lambda r: by(mean_sd(r.seed_scores)[0]))
-        found[workload] = (default.optimizer, tuned.optimizer)
+        best_mean, best_sd = mean_sd(tuned.seed_scores)
+        close = [r.optimizer for r in here if r is not tuned and
+                 abs(mean_sd(r.seed_scores)[0] - best_mean) <= max(best_sd, mean_sd(r.seed_scores)[1])]
+        found[workload] = (default.optimizer, tuned.optimizer, close)
     return found
+
+
+def winner_lines(results: Sequence[StudyResult]) -> list[str]:
+    """One sentence per workload: who wins at default settings, who wins tuned, and who ties with it."""
+    lines = []
+    for workload, (default, best, close) in winners(results).items():
+        tie = f" ({', '.join(close)} within one seed sd of it)" if close else ""
+        lines.append(f"{workload}: at its default lr {default} wins; with every optimizer tuned, {best} wins{tie}")
+    return lines
 
 
 def sensitivity(results: Sequence[StudyResult]) -> dict[str, dict[str, list[tuple[float, float, bool]]]]:

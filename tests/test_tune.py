@@ -188,3 +188,21 @@ def test_a_cifar_tune_with_hyperband_counts_pruned_trials_and_logs_the_same_repo
         finals = [tracking.get_metric_history(r.info.run_id, "val_acc")[-1].value for r in seeds]
         assert child.data.metrics["score_mean"] == pytest.approx(np.mean(finals))
         assert child.data.metrics["score_sd"] == pytest.approx(np.std(finals, ddof=1))
+
+
+def test_performance_profiles_winners_and_seed_statistics_by_hand():
+    from pipeline import tuned
+
+    table = {"a": {"w1": 1.0, "w2": 4.0}, "b": {"w1": 2.0, "w2": 1.0}}
+    curves = tuned.profiles(table, np.array([1.0, 2.0, 4.0]))
+    assert curves["a"].tolist() == [0.5, 0.5, 1.0] and curves["b"].tolist() == [0.5, 1.0, 1.0]
+    assert tuned.mean_sd([1.0, 2.0, 6.0]) == (3.0, pytest.approx(2.6457513, rel=1e-6))
+    assert tuned.mean_sd([5.0]) == (5.0, 0.0)
+
+    def result(name, default, seeds):
+        record = tuned.TrialRecord(0, "complete", {"lr": 0.1}, default)
+        return tuned.StudyResult(name, "w", 0.1, [record], record,
+                                 [tuned.TrialRecord(i, "complete", {}, v) for i, v in enumerate(seeds)], False)
+    results = [result("a", 1.0, [0.50, 0.52]), result("b", 3.0, [0.51, 0.53]), result("c", 2.0, [0.9, 1.0])]
+    assert tuned.winners(results) == {"w": ("a", "a", ["b"])}
+    assert tuned.costs(results, floor=0.6)["a"]["w"] == 0.6  # gaps below the floor count as equal
