@@ -65,6 +65,8 @@ def join(cfg: TuneConfig, storage: object) -> RunIds:
                 raise UsageError(f"storage: this tune's study names run {runs['parent']}, which the tracking store "
                                  f"{tracking.tracking_uri()} lacks; point at the same tracking store, or give a "
                                  "new storage or experiment")
+            tracking.note_handed_run(f"This command joined tune run {runs['parent']}: its trials are logged there.",
+                                     {"joined_tune_run": runs["parent"]})
             return RunIds(runs["parent"], runs["children"])
         time.sleep(1.0)
     raise UsageError(f"storage: no runs recorded for study {name} after {JOIN_TIMEOUT_S} s (did its first worker "

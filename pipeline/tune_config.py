@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -111,6 +112,9 @@ class TuneConfig:
     def key(self) -> str:
         """What names this tune's studies: every setting that changes a score (not the budget, not workers)."""
         own = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_IN_KEY}
+        # `mlflow run --experiment-name/-id` chooses the experiment through the environment: a study per experiment
+        own["experiment"] = os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME") or \
+            self.experiment
         children = [(p.optimizer, p.workload, dataclasses.asdict(p.base)) for p in self.children]
         blob = json.dumps({"own": own, "children": children}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

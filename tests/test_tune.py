@@ -206,3 +206,19 @@ def test_performance_profiles_winners_and_seed_statistics_by_hand():
     results = [result("a", 1.0, [0.50, 0.52]), result("b", 3.0, [0.51, 0.53]), result("c", 2.0, [0.9, 1.0])]
     assert tuned.winners(results) == {"w": ("a", "a", ["b"])}
     assert tuned.costs(results, floor=0.6)["a"]["w"] == 0.6  # gaps below the floor count as equal
+
+
+def test_mlflow_run_tune_makes_its_run_the_parent_and_a_second_one_joins(tracking, store_uri):
+    from conftest import mlflow_run
+
+    experiment = new_experiment()
+    params = ("optimizers=adam", "functions=booth", "trials=2", "seeds=1", "steps=20", "starts=4")
+    first = mlflow_run("tune", *params, experiment=experiment, env={"MLFLOW_TRACKING_URI": store_uri})
+    assert first.returncode == 0, first.stderr[-3000:]
+    (parent,) = [r for r in runs_of(tracking, experiment) if r.data.tags.get("task") == "tune"]
+    assert parent.data.tags.get("mlflow.source.type") == "PROJECT" and parent.info.status == "FINISHED"
+    second = mlflow_run("tune", *params, experiment=experiment, env={"MLFLOW_TRACKING_URI": store_uri})
+    assert second.returncode == 0, second.stderr[-3000:]
+    joined = [r for r in runs_of(tracking, experiment) if r.data.tags.get("joined_tune_run")]
+    assert [r.data.tags["joined_tune_run"] for r in joined] == [parent.info.run_id]
+    assert all(r.info.status == "FINISHED" for r in runs_of(tracking, experiment))

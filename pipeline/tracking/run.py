@@ -227,6 +227,14 @@ def existing_run(run_id: str) -> Run:
     return Run(client, run_id, client.get_run(run_id).info.experiment_id)
 
 
+def note_handed_run(message: str, tags: Mapping[str, str]) -> None:
+    """Say on the run `mlflow run` made for this process (if any) what became of it, when the work is logged
+    elsewhere (a tune command that joined an existing study); `mlflow run` ends it when the process does."""
+    run_id = take_handed_run_id()
+    if run_id:
+        connect().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in {**tags, "mlflow.note.content": message}.items()])
+
+
 def fail_handed_run(message: str) -> None:
     """End the run `mlflow run` made for this process FAILED, with `message` as its description and tag
     `error`, so the UI says why. Best effort: the message is printed either way."""
