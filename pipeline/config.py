@@ -171,12 +171,18 @@ class CompareConfig:
 
     def optimizer_list(self) -> list[str]:
         """The optimizers to compare, validated, without repeats, in the order given."""
-        if self.optimizers.strip() in ("", "default"):
-            return list(NOTEBOOK_OPTIMIZERS) + ["nesterov"] if self.task == "cifar" else optimizer_names()
-        names = list(dict.fromkeys(name.strip() for name in self.optimizers.split(",") if name.strip()))
-        for name in names:
-            get_spec(name)
-        return names
+        return optimizer_list(self.optimizers, self.task)
+
+
+def optimizer_list(text: str, task: str) -> list[str]:
+    """A sweep's `optimizers` param: a comma list, validated, without repeats, in the order given; "default" is
+    every registered optimizer (toy) or the notebook's seven plus nesterov (cifar)."""
+    if text.strip() in ("", "default"):
+        return list(NOTEBOOK_OPTIMIZERS) + ["nesterov"] if task == "cifar" else optimizer_names()
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    for name in names:
+        get_spec(name)
+    return names
 
 
 CONFIGS: dict[str, type] = {"toy": ToyConfig, "cifar": CifarConfig, "compare": CompareConfig,

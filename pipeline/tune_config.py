@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.config import PARAMS_FILE, TASKS, _check_experiment, _check_taken, build_config
+from pipeline.config import PARAMS_FILE, TASKS, _check_experiment, _check_taken, build_config, optimizer_list
 from pipeline.errors import UsageError
 from pipeline.functions import get_function
-from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, get_spec, optimizer_names
+from pipeline.optimizers import get_spec
 from pipeline.values import require
 
 SAMPLERS = ("qmc", "grid", "random", "tpe")
@@ -102,12 +102,7 @@ class TuneConfig:
 
     def optimizer_list(self) -> list[str]:
         """The optimizers to tune, validated, without repeats, in the order given."""
-        if self.optimizers.strip() in ("", "default"):
-            return list(NOTEBOOK_OPTIMIZERS) + ["nesterov"] if self.task == "cifar" else optimizer_names()
-        names = list(dict.fromkeys(name.strip() for name in self.optimizers.split(",") if name.strip()))
-        for name in names:
-            get_spec(name)
-        return names
+        return optimizer_list(self.optimizers, self.task)
 
     def key(self) -> str:
         """What names this tune's studies: every setting that changes a score (not the budget, not workers)."""
