@@ -3,7 +3,9 @@ setting is rerun over seeds, and one MLflow parent run holds the comparison. The
 (same storage, same tracking server) joins the study; run again, it continues it."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import sys
 import time
 
@@ -82,15 +84,37 @@ def _worker_process(cfg: TuneConfig, ids: RunIds, url: str) -> None:
         sys.exit(130)
 
 
+def gpu_plan(workers: int, visible: list[str]) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each worker: one GPU each, round robin, when there are several GPUs; None
+    (inherit) otherwise."""
+    if len(visible) < 2:
+        return [None] * workers
+    return [visible[index % len(visible)] for index in range(workers)]
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs this process may use, without starting CUDA (the workers choose theirs before they do)."""
+    import torch  # noqa: PLC0415
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
 def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object) -> None:
-    """workers-1 extra processes and this one take trials until every study is done."""
-    context = multiprocessing.get_context("spawn")
-    extra = [context.Process(target=_worker_process, args=(cfg, ids, url), name=f"optlab-worker-{index}")
-             for index in range(1, cfg.workers)]
-    for process in extra:
-        process.start()
+    """Take trials here and in workers-1 more processes until every study is done. With several GPUs every
+    worker is a process of its own, each seeing one GPU (CUDA_VISIBLE_DEVICES), and this one only waits."""
+    devices = gpu_plan(cfg.workers, _visible_gpus() if cfg.workers > 1 and cfg.task == "cifar" else [])
+    here = devices[0] is None  # no GPU split: this process is worker 0
+    context, extra = multiprocessing.get_context("spawn"), []
+    for index, device in enumerate(devices[1:] if here else devices, start=1 if here else 0):
+        with _environment("CUDA_VISIBLE_DEVICES", device):
+            extra.append(context.Process(target=_worker_process, args=(cfg, ids, url), name=f"optlab-worker-{index}"))
+            extra[-1].start()
     try:
-        Worker(cfg, ids, storage).work()
+        if here:
+            Worker(cfg, ids, storage).work()
     finally:
         for process in extra:
             process.join(timeout=None if sys.exc_info()[0] is None else 10)
@@ -98,8 +122,24 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object) -> None
                 process.terminate()
     failed = [p.name for p in extra if p.exitcode not in (0, None)]
     if failed:
-        print(f"warning: worker processes {', '.join(failed)} ended with errors; the others finished the study",
-              file=sys.stderr)
+        print(f"warning: worker processes {', '.join(failed)} ended with errors", file=sys.stderr)
+    if not here:
+        Worker(cfg, ids, storage).work()  # whatever the workers left (one died): done here, on the default GPU
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str | None):
+    """os.environ[name] = value for the block (None: unchanged), as spawned processes inherit it."""
+    saved = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None and saved is None:
+            os.environ.pop(name, None)
+        elif value is not None:
+            os.environ[name] = saved
 
 
 def main(cfg: TuneConfig) -> int:

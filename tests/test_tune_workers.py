@@ -109,3 +109,11 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried_and_a_restarted_worker_
     assert counts["complete"] == 2 and counts["retried"] == 1 and counts["running"] == 0
     statuses = [r.info.status for r in runs_of(tracking, experiment)]
     assert statuses.count("FAILED") == 1 and statuses.count("RUNNING") == 0
+
+
+def test_on_a_machine_with_several_gpus_each_worker_sees_one():
+    from pipeline.tune import gpu_plan
+
+    assert gpu_plan(4, ["0", "1"]) == ["0", "1", "0", "1"]
+    assert gpu_plan(2, ["3", "5", "7"]) == ["3", "5"]
+    assert gpu_plan(3, ["0"]) == [None, None, None] and gpu_plan(2, []) == [None, None]
