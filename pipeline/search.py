@@ -170,12 +170,18 @@ def _within_budget(study: optuna.Study, trial: Trial, budget: int) -> bool:
 
 def run_one(study: optuna.Study, budget: int, objective: Callable[[Trial], float]) -> None:
     """Run one trial of `study` (a waiting retry first), unless it turns out surplus. The objective's own
-    failures end the trial FAILED and are not raised (the objective reports them); Ctrl-C is."""
+    failures end the trial FAILED and are not raised (the objective reports them); Ctrl-C is, and the
+    interrupted point is queued again."""
     def guarded(trial: Trial) -> float:
         if not _within_budget(study, trial, budget):
             trial.set_user_attr("surplus", True)
             raise Surplus(f"trial {trial.number} is beyond the budget of {budget}")
-        return objective(trial)
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:  # not the point's fault: the same point is queued for the next run
+            (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == trial.number]
+            retry(study, frozen)
+            raise
 
     study.optimize(guarded, n_trials=1, catch=(Exception,))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import time
 
@@ -19,6 +20,7 @@ from pipeline.tune_config import TuneConfig
 from pipeline.tune_report import collect, report
 
 JOIN_TIMEOUT_S = 300  # how long a joining worker waits for the first one to create the MLflow runs
+STOP_TIMEOUT_S = 30  # how long an interrupted command waits for its workers to end their runs
 
 
 def storage_url(cfg: TuneConfig) -> str:
@@ -115,9 +117,14 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object) -> None
     try:
         if here:
             Worker(cfg, ids, storage).work()
+    except BaseException:  # Ctrl-C (or a crash) here: the workers stop as on Ctrl-C (their runs end KILLED)
+        for process in extra:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+        raise
     finally:
         for process in extra:
-            process.join(timeout=None if sys.exc_info()[0] is None else 10)
+            process.join(timeout=STOP_TIMEOUT_S)
             if process.is_alive():
                 process.terminate()
     failed = [p.name for p in extra if p.exitcode not in (0, None)]
@@ -162,7 +169,12 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
           f"{cfg.seeds} seeds each, {cfg.workers} worker(s) here; storage {search.redacted(url)}; tune run "
           f"{ids.parent}", flush=True)
     with tracking.open_run(cfg.experiment, f"tune-{cfg.task}", run_id=ids.parent) as parent:
-        run_workers(cfg, ids, url, storage)
+        try:
+            run_workers(cfg, ids, url, storage)
+        except KeyboardInterrupt:  # the parent ends KILLED with its block; the per-optimizer runs too
+            for run_id in ids.children.values():
+                tracking.end_run(run_id, "KILLED")
+            raise
         results = collect(cfg, Worker(cfg, ids, storage))
         markdown, lines = report(cfg, parent, ids, results)
     return parent.run_id, markdown, lines

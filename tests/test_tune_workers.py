@@ -7,6 +7,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from conftest import REPO, cli, new_experiment, run_cli, runs_of
@@ -117,3 +118,17 @@ def test_on_a_machine_with_several_gpus_each_worker_sees_one():
     assert gpu_plan(4, ["0", "1"]) == ["0", "1", "0", "1"]
     assert gpu_plan(2, ["3", "5", "7"]) == ["3", "5"]
     assert gpu_plan(3, ["0"]) == [None, None, None] and gpu_plan(2, []) == [None, None]
+
+
+def test_a_trial_interrupted_by_ctrl_c_is_queued_again_with_its_point():
+    study, budget = _study(), 2
+
+    def interrupted(trial):
+        trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search.run_one(study, budget, interrupted)
+    assert search.counts(study)["retried"] == 1 and search.counts(study)["waiting"] == 1
+    search.run_one(study, budget, lambda trial: trial.suggest_float("lr", 1e-3, 1.0, log=True))
+    assert study.trials[1].state == TrialState.COMPLETE and study.trials[1].params == study.trials[0].params

@@ -241,6 +241,15 @@ def fail_handed_run(message: str) -> None:
     fail_run(handed_run_id(), message)
 
 
+def end_run(run_id: str, status: str) -> None:
+    """End run `run_id` with `status` (FINISHED, FAILED, KILLED); best effort when the store fails."""
+    try:
+        connect().set_terminated(run_id, status)
+    except Exception as error:  # noqa: BLE001
+        if not is_store_error(error):
+            raise
+
+
 def fail_run(run_id: str, message: str) -> None:
     """End run `run_id` FAILED, saying why (tag `error`, description). Best effort when the store fails."""
     try:
