@@ -67,7 +67,9 @@ def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[optuna.Study, F
 
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a dead worker's trial again, with the same params (Optuna's retry callback)."""
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
 def grid(dims: tuple[str, ...], bounds: Bounds, budget: int) -> dict[str, list[float]]:
