@@ -44,11 +44,11 @@ def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 class Worker:
     """One process's share of a tune: studies loaded once, runs nested under the tune's runs."""
 
-    def __init__(self, cfg: TuneConfig, ids: RunIds, storage: Any) -> None:
+    def __init__(self, cfg: TuneConfig, ids: RunIds, storage: Any, cifar: tuple | None = None) -> None:
         self.cfg, self.ids, self.storage = cfg, ids, storage
         self.studies: dict[tuple[str, str], optuna.Study] = {}
         self.parents: dict[str, tracking.Run] = {}
-        self.cifar: tuple | None = None  # (arrays, device), loaded on the first cifar trial
+        self.cifar = cifar  # (arrays, device): given, or loaded on the first cifar trial
 
     @property
     def bounds(self) -> search.Bounds:
@@ -158,10 +158,10 @@ class Worker:
     def cifar_score(self, plan: StudyPlan, phase: str, cfg: Any, trial: optuna.trial.Trial,
                     hooks: RunHooks) -> float:
         """Final val_acc of an ordinary cifar run (0 if it diverged); trials report each epoch to the pruner."""
-        from pipeline.cifar import load_data, resolve_device, run_cifar  # noqa: PLC0415
+        from pipeline.cifar import run_cifar  # noqa: PLC0415
 
         if self.cifar is None:
-            self.cifar = (load_data(plan.base), resolve_device(plan.base.device))
+            self.cifar = cifar_inputs(self.cfg)
         last: dict[str, float] = {}
 
         def on_epoch(epoch: int, metrics: dict) -> None:
@@ -182,6 +182,14 @@ class Worker:
             print(f"{plan.label} trial {trial.number}: pruned after epoch {last['pruned']:.0f}", flush=True)
             raise optuna.TrialPruned(f"val_acc {last['val_acc']:.4f}")
         return float(last.get("val_acc", 0.0))
+
+
+def cifar_inputs(cfg: TuneConfig) -> tuple:
+    """(arrays, device) every cifar trial of this tune trains on: missing data or device is a UsageError."""
+    from pipeline.cifar import load_data, resolve_device  # noqa: PLC0415
+
+    base = cfg.children[0].base
+    return load_data(base), resolve_device(base.device)
 
 
 def _point(cfg: Any, plan: StudyPlan) -> str:

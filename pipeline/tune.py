@@ -15,7 +15,7 @@ import optuna
 from pipeline import search, tracking
 from pipeline.config import as_params
 from pipeline.errors import EXIT_OK, UsageError
-from pipeline.trials import RunIds, Worker, on_stale
+from pipeline.trials import RunIds, Worker, cifar_inputs, on_stale
 from pipeline.tune_config import TuneConfig
 from pipeline.tune_report import collect, report
 
@@ -104,7 +104,7 @@ def _visible_gpus() -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
-def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object) -> None:
+def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: tuple | None = None) -> None:
     """Take trials here and in workers-1 more processes until every study is done. With several GPUs every
     worker is a process of its own, each seeing one GPU (CUDA_VISIBLE_DEVICES), and this one only waits."""
     devices = gpu_plan(cfg.workers, _visible_gpus() if cfg.workers > 1 and cfg.task == "cifar" else [])
@@ -116,7 +116,7 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object) -> None
             extra[-1].start()
     try:
         if here:
-            Worker(cfg, ids, storage).work()
+            Worker(cfg, ids, storage, cifar).work()
     except BaseException:  # Ctrl-C (or a crash) here: the workers stop as on Ctrl-C (their runs end KILLED)
         for process in extra:
             if process.is_alive():
@@ -131,7 +131,7 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object) -> None
     if failed:
         print(f"warning: worker processes {', '.join(failed)} ended with errors", file=sys.stderr)
     if not here:
-        Worker(cfg, ids, storage).work()  # whatever the workers left (one died): done here, on the default GPU
+        Worker(cfg, ids, storage, cifar).work()  # whatever the workers left (one died): done here, on the default GPU
 
 
 @contextlib.contextmanager
@@ -162,6 +162,7 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     """Join (or start) the study, work until every study is done, report; returns (parent run id, the tuned
     table in Markdown, one line per workload saying who wins at default settings and who wins tuned)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    cifar = cifar_inputs(cfg) if cfg.task == "cifar" else None  # no data, no device: one line before any run
     url = storage_url(cfg)
     storage = search.open_storage(url, cfg.heartbeat_s, on_stale)
     ids = join(cfg, storage)
@@ -170,7 +171,7 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
           f"{ids.parent}", flush=True)
     with tracking.open_run(cfg.experiment, f"tune-{cfg.task}", run_id=ids.parent) as parent:
         try:
-            run_workers(cfg, ids, url, storage)
+            run_workers(cfg, ids, url, storage, cifar)
         except KeyboardInterrupt:  # the parent ends KILLED with its block; the per-optimizer runs too
             for run_id in ids.children.values():
                 tracking.end_run(run_id, "KILLED")

@@ -222,3 +222,11 @@ def test_mlflow_run_tune_makes_its_run_the_parent_and_a_second_one_joins(trackin
     joined = [r for r in runs_of(tracking, experiment) if r.data.tags.get("joined_tune_run")]
     assert [r.data.tags["joined_tune_run"] for r in joined] == [parent.info.run_id]
     assert all(r.info.status == "FINISHED" for r in runs_of(tracking, experiment))
+
+
+def test_a_cifar_tune_without_data_is_one_line_and_leaves_no_run(tracking, tmp_path):
+    experiment = new_experiment()
+    done = cli("tune", "--task", "cifar", "--optimizers", "adam", "--model", "tiny_cnn", "--download", "false",
+               "--data_dir", str(tmp_path), "--experiment", experiment)
+    assert done.returncode == 2 and done.stderr.startswith("error: no CIFAR-10 in"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and tracking.get_experiment_by_name(experiment) is None
