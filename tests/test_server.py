@@ -1,14 +1,14 @@
 """Against a real `mlflow server` on 127.0.0.1: concurrent runs lose nothing; a dead server fails fast."""
+import json
 import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import pytest
 
-from conftest import REPO, SHARED_SUBSET, cli, metric_history, new_experiment, run_cli, runs_of
+from conftest import REPO, SHARED_SUBSET, cli, metric_history, new_experiment, runs_of
 from servers import free_port, start_server, stop_server
 
 
@@ -36,15 +36,33 @@ def server(tmp_path_factory):
     running.stop()
 
 
+# Four toy commands at once, each in its own process with its own connections to the server, forked from one
+# process that did the imports first: four fresh interpreters would each spend seconds of CPU importing torch,
+# MLflow and matplotlib. Prints the four exit codes as JSON once all have ended.
+FOUR_AT_ONCE = """
+import json, multiprocessing, sys
+import pipeline.toy, pipeline.tracking.server  # noqa: F401 - what the toy command imports, once
+from pipeline.cli import main
+fork = multiprocessing.get_context("fork")
+runs = [fork.Process(target=lambda argv=argv: sys.exit(main(argv))) for argv in json.loads(sys.argv[1])]
+for run in runs:
+    run.start()
+for run in runs:
+    run.join()
+print(json.dumps([run.exitcode for run in runs]))
+"""
+
+
 def test_four_concurrent_runs_lose_no_metric(server, monkeypatch):
     experiment = new_experiment()
-    env = {"MLFLOW_TRACKING_URI": server.url}
     names = ("sgd", "momentum", "adam", "rmsprop")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda name: run_cli("toy", "--optimizer", name, "--function", "booth",
-                                                     "--lr", "0.01", "--steps", "400", "--tolerance", "0",
-                                                     "--experiment", experiment, env=env), names))
-    assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr[-1000:] for r in results]
+    argvs = [["toy", "--optimizer", name, "--function", "booth", "--lr", "0.01", "--steps", "400", "--tolerance",
+              "0", "--experiment", experiment] for name in names]
+    done = subprocess.run([sys.executable, "-c", FOUR_AT_ONCE, json.dumps(argvs)], cwd=REPO, text=True,
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": server.url, "PYTHONUNBUFFERED": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == [0, 0, 0, 0], done.stderr[-3000:]  # each run's exit code
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     client = mlflow.MlflowClient(server.url)
     runs = runs_of(client, experiment)
