@@ -188,6 +188,15 @@ def run_one(study: optuna.Study, budget: int, objective: Callable[[Trial], float
     study.optimize(guarded, n_trials=1, catch=(Exception,))
 
 
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The best complete trial, ties to the lowest number (the rule the tuned table reports by)."""
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        raise ValueError(f"study {study.study_name} has no complete trial")
+    return min(done, key=lambda t: (sign * t.value, t.number))
+
+
 def seed_index(study: optuna.Study, trial: Trial) -> int:
     """Which of the seed reruns this trial is: a retry keeps its own; a new one takes the lowest index no
     live trial with a lower number holds (those without one yet take theirs first, in number order)."""

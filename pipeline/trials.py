@@ -100,7 +100,7 @@ class Worker:
             elif phase == "default":
                 cfg = plan.base
             else:
-                best = self.study(plan, "trials").best_trial.params
+                best = search.best_trial(self.study(plan, "trials")).params
                 index = search.seed_index(self.study(plan, "seeds"), trial)
                 cfg = dataclasses.replace(plan.base, **best, seed=plan.base.seed + 1 + index)
             tags = {"role": ROLES[phase], "study": self.cfg.study_name(plan, phase), "trial": str(trial.number),

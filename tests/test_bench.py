@@ -38,3 +38,23 @@ def test_quick_bench_prints_a_table_with_ratios():
     assert set(gaps) == {row[0] for row in rows}, done.stdout
     for name, (checked, gap) in gaps.items():
         assert checked >= 1 and 0 <= gap <= GAP_TOLERANCE, (name, checked, gap)  # the same descent, not a note
+
+
+def test_the_pruning_row_trains_fewer_epochs_with_hyperband_on_the_same_points():
+    import dataclasses
+
+    import torch
+
+    from bench.data import load_arrays
+    from bench.pruning import _study
+    from pipeline.config import build_config
+
+    arrays = load_arrays()
+    arrays = dataclasses.replace(arrays, train_x=arrays.train_x[:128], train_y=arrays.train_y[:128],
+                                 test_x=arrays.test_x[:64], test_y=arrays.test_y[:64])
+    cfg = build_config("cifar", {"model": "tiny_cnn", "optimizer": "momentum", "epochs": "3", "batch_size": "64",
+                                 "device": "cpu"})
+    plain = _study("none", cfg, arrays, torch.device("cpu"), 4)
+    pruned = _study("hyperband", cfg, arrays, torch.device("cpu"), 4)
+    assert plain[2] == 4 * 3 and pruned[2] <= plain[2]  # every unpruned trial trains all its epochs
+    assert 0.0 <= pruned[1] <= 1.0 and 1e-4 <= pruned[0] <= 1.0

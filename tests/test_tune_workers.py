@@ -132,3 +132,14 @@ def test_a_trial_interrupted_by_ctrl_c_is_queued_again_with_its_point():
     assert search.counts(study)["retried"] == 1 and search.counts(study)["waiting"] == 1
     search.run_one(study, budget, lambda trial: trial.suggest_float("lr", 1e-3, 1.0, log=True))
     assert study.trials[1].state == TrialState.COMPLETE and study.trials[1].params == study.trials[0].params
+
+
+def test_the_seed_reruns_use_the_best_trial_ties_going_to_the_lowest_number():
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="maximize")
+    for value in (0.3, 0.7, 0.7, 0.1):
+        study.tell(study.ask(), value)
+    assert search.best_trial(study).number == 1
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    for value in (5.0, 2.0, 2.0):
+        study.tell(study.ask(), value)
+    assert search.best_trial(study).number == 1
