@@ -224,3 +224,27 @@ def test_mlflow_run_tune_makes_its_run_the_parent_and_a_second_one_joins(trackin
     assert second.returncode == 0, second.stderr[-3000:]
     assert tracking.get_run(handed).data.tags["joined_tune_run"] == parent.info.run_id
     assert [r.data.tags.get("task") for r in runs_of(tracking, experiment)].count("tune") == 1
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_VALUES = st.one_of(st.text(max_size=30), st.sampled_from(["qmc", "hyperband", "lr,weight_decay", "0", "-1", "1e309",
+                                                           "nan", "9" * 400, "cifar", "toy", "adam,,adam", "😀",
+                                                           "sqlite:///x.db", "postgresql://u:p@h/d", "rosenbrock"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(overrides=st.dictionaries(st.sampled_from(["task", "optimizers", "functions", "models", "trials", "seeds",
+                                                  "sampler", "pruner", "search", "lr_min", "lr_max", "starts",
+                                                  "workers", "storage", "heartbeat_s", "steps", "momentum", "lr",
+                                                  "weight_decay", "bogus"]), _VALUES, max_size=5))
+def test_any_tune_input_is_a_config_or_one_usage_error_line(overrides):
+    from pipeline.errors import UsageError
+    from pipeline.tune_config import build_tune
+
+    try:
+        config = build_tune(overrides)
+    except UsageError as error:
+        assert str(error) and "\n" not in str(error)
+        return
+    assert config.children and all(plan.base.optimizer == plan.optimizer for plan in config.children)
