@@ -151,8 +151,8 @@ def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, paren
     run_id = resume_target(cfg) if parent is None else None
     loaders = build_loaders(cfg, arrays, device)
     params, tags = start_info(cfg, arrays, device, loaders[0])
-    with tracking.open_run(cfg.experiment, f"{cfg.optimizer}-{cfg.model}", {**tags, **hooks.tags}, parent=parent,
-                           run_id=run_id, system_metrics=cfg.system_metrics) as run, \
+    with tracking.open_run(cfg.experiment, hooks.name or f"{cfg.optimizer}-{cfg.model}", {**tags, **hooks.tags},
+                           parent=parent, run_id=run_id, system_metrics=cfg.system_metrics) as run, \
             tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
         hooks.opened(run)
         trainer = build_trainer(cfg, loaders, device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,9 @@ def report(run: tracking.Run, task: str, records: list[RunRecord], title: str) -
     markdown = summary.as_markdown(rows, title)
     run.log_text(summary.as_csv(rows), "summary.csv")
     run.log_text(markdown, "summary.md")
-    run.set_tags({"children": ",".join(r.run_id for r in records if r.run_id != "-")})
+    run.set_tags({"children": ",".join(r.run_id for r in records if r.run_id != "-"),
+                  "mlflow.note.content": summary.note(markdown)})
+    run.log_metrics(summary.headline(task, records), 0)
     with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
         draw_toy(run, records, Path(scratch)) if task == "toy" else draw_cifar(run, records)
     return markdown
@@ -214,7 +217,8 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
         cfg = dataclasses.replace(cfg, task=task)
     train = None if cfg.from_runs else _trainer(cfg)
     tags = {"task": "compare", "compare_task": cfg.task, **({"redrawn_from": cfg.from_runs} if cfg.from_runs else {})}
-    with tracking.open_run(cfg.experiment, f"compare-{cfg.task}", tags) as parent:
+    name = summary.parent_name("compare", cfg.task, len(cfg.children), time.time())
+    with tracking.open_run(cfg.experiment, name, tags) as parent:
         parent.log_params(shared_params(cfg))
         per_seed = [[_record(run_id, cfg.task, reused=True) for run_id in ids]] if cfg.from_runs else \
             train_seeds(cfg, parent, train)

@@ -38,6 +38,7 @@ class RunHooks:
     train.StopTraining to end the run early (a pruned trial)."""
 
     tags: Mapping[str, str] = field(default_factory=dict)
+    name: str | None = None  # the run's name instead of <optimizer>-<function or model>
     on_open: Callable[[Any], None] | None = None  # gets the open run (a RunLogger)
     on_epoch: Callable[[int, dict], None] | None = None  # (epoch, that epoch's metrics)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -121,3 +122,30 @@ def as_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(row[k]) for k in header) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+MAX_NOTE = 8000  # characters of a run description (MLflow's tag value limit)
+
+
+def parent_name(kind: str, task: str, optimizers: int, when: float, extra: str = "") -> str:
+    """A sweep parent's name that says what it is and when: compare-cifar-8opt-1125-1712-05."""
+    stamp = time.strftime("%m%d-%H%M-%S", time.localtime(when))
+    return f"{kind}-{task}-{optimizers}opt{extra}-{stamp}"
+
+
+def headline(task: str, records: Sequence[RunRecord]) -> dict[str, float]:
+    """What a compare parent's row shows in the runs table: the best child's figure and the count."""
+    rows_ = rows(task, records)
+    best = rows_[0] if rows_ else {}
+    key, value = ("best_val_acc", best.get("best_val_acc")) if task == "cifar" else \
+        ("best_final_loss", best.get("final_loss"))
+    found = {"optimizers": float(len(records))}
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        found[key] = float(value)
+    return found
+
+
+def note(markdown: str, lines: Sequence[str] = ()) -> str:
+    """A parent's description: its summary table (and any verdict lines), cut to MLflow's limit."""
+    text = "\n".join([*lines, "", markdown]) if lines else markdown
+    return text if len(text) <= MAX_NOTE else text[: MAX_NOTE - 40] + "\n\n(cut: see the artifact)"

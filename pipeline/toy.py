@@ -77,7 +77,8 @@ def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks 
     torch.manual_seed(cfg.seed)
     start = torch.tensor([resolve_start(cfg, fn)], dtype=torch.float64)
     tags = {"task": "toy", "config_hash": config_hash(cfg), "code_version": code_version(), **hooks.tags}
-    with tracking.open_run(cfg.experiment, f"{cfg.optimizer}-{cfg.function}", tags, parent=parent) as run:
+    with tracking.open_run(cfg.experiment, hooks.name or f"{cfg.optimizer}-{cfg.function}", tags,
+                           parent=parent) as run:
         hooks.opened(run)
         run.log_params(params)
         run.log_dict({**dataclasses.asdict(cfg), "resolved": params}, "config.json")

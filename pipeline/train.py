@@ -116,7 +116,13 @@ def train_epoch(members: list[Member], batches: Batches, precision: Precision, t
     seconds = (time.perf_counter() - began) / max(len(members), 1)
     return [{"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
              "epoch_time": seconds, "throughput": seen / seconds if seconds > 0 else 0.0,
-             "lr": member.optimizer.param_groups[0]["lr"]} for member, (loss_sum, correct) in zip(members, sums)]
+             **_lr_metrics(member.optimizer.param_groups[0]["lr"])}
+            for member, (loss_sum, correct) in zip(members, sums)]
+
+
+def _lr_metrics(lr: float) -> dict[str, float]:
+    """lr, and log10_lr: the UI draws 0.001 as a flat line at "0", its log10 as -3."""
+    return {"lr": lr, "log10_lr": math.log10(max(lr, 1e-30))}  # a schedule's last step may reach 0
 
 
 @torch.inference_mode()

@@ -125,7 +125,8 @@ class Worker:
         return self.parents[plan.label]
 
     def score(self, plan: StudyPlan, phase: str, cfg: Any, trial: optuna.trial.Trial, tags: dict) -> float:
-        hooks = RunHooks(tags=tags, on_open=lambda run: trial.set_user_attr("run_id", run.run_id))
+        hooks = RunHooks(tags=tags, name=run_name(plan, phase, cfg, trial.number),
+                         on_open=lambda run: trial.set_user_attr("run_id", run.run_id))
         if self.cfg.task == "toy":
             return self.toy_score(plan, phase, cfg, hooks)
         return self.cifar_score(plan, phase, cfg, trial, hooks)
@@ -147,9 +148,9 @@ class Worker:
             from pipeline.toy import run_toy  # noqa: PLC0415 - toy's plotting loads only where a seed run needs it
 
             run_toy(dataclasses.replace(cfg, start="random"), self.parent(plan),
-                    RunHooks(tags={**hooks.tags, "seed": str(cfg.seed)}, on_open=score))
+                    RunHooks(tags={**hooks.tags, "seed": str(cfg.seed)}, name=hooks.name, on_open=score))
         else:
-            with tracking.open_run(cfg.experiment, f"{plan.label}-{ROLES[phase]}", {"task": "toy", **hooks.tags},
+            with tracking.open_run(cfg.experiment, hooks.name, {"task": "toy", **hooks.tags},
                                    parent=self.parent(plan)) as run:
                 run.log_params(logged_params(cfg))
                 score(run)
@@ -182,6 +183,20 @@ class Worker:
             print(f"{plan.label} trial {trial.number}: pruned after epoch {last['pruned']:.0f}", flush=True)
             raise optuna.TrialPruned(f"val_acc {last['val_acc']:.4f}")
         return float(last.get("val_acc", 0.0))
+
+
+def short_number(value: float) -> str:
+    """2.1e-3 for 0.0021: a number for a run name, two significant figures, no exponent padding."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def run_name(plan: StudyPlan, phase: str, cfg: Any, number: int) -> str:
+    """adam-t03-lr2.1e-3, adam-default-lr1e-3, adam-seed2: what each run is, readable in the runs table."""
+    lr = short_number(cfg.optimizer_settings.kwargs["lr"])
+    if phase == "trials":
+        return f"{plan.optimizer}-t{number:02d}-lr{lr}"
+    return f"{plan.optimizer}-default-lr{lr}" if phase == "default" else f"{plan.optimizer}-seed{cfg.seed}"
 
 
 def cifar_inputs(cfg: TuneConfig) -> tuple:

@@ -15,6 +15,7 @@ import optuna
 from pipeline import search, tracking
 from pipeline.config import as_params
 from pipeline.errors import EXIT_OK, UsageError
+from pipeline.summary import parent_name
 from pipeline.trials import RunIds, Worker, cifar_inputs, on_stale
 from pipeline.tune_config import TuneConfig
 from pipeline.tune_report import collect, report
@@ -42,7 +43,9 @@ def _parent_params(cfg: TuneConfig) -> dict[str, str]:
 def create_runs(cfg: TuneConfig) -> RunIds:
     """The parent run and one child per (optimizer, workload), left RUNNING for the workers."""
     tags = {"task": "tune", "tune_task": cfg.task, "tune_key": cfg.key()}
-    with tracking.open_run(cfg.experiment, f"tune-{cfg.task}", tags, keep_running=True) as parent:
+    optimizers = len({plan.optimizer for plan in cfg.children})
+    name = parent_name("tune", cfg.task, optimizers, time.time(), f"-{cfg.trials}x{cfg.seeds}")
+    with tracking.open_run(cfg.experiment, name, tags, keep_running=True) as parent:
         parent.log_params(_parent_params(cfg))
         children = {}
         for plan in cfg.children:

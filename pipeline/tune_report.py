@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline import scores, search, tracking, tuned, tuneplots
 from pipeline.functions import get_function
-from pipeline.summary import as_csv, as_markdown
+from pipeline.summary import as_csv, as_markdown, note
 from pipeline.trials import RunIds, Worker
 from pipeline.tune_config import StudyPlan, TuneConfig
 from pipeline.tuned import StudyResult, TrialRecord
@@ -123,5 +123,6 @@ def report(cfg: TuneConfig, parent: tracking.Run, ids: RunIds, results: list[Stu
     if cfg.task == "toy":
         parent.log_figure(tuneplots.basins_figure(*_basins(cfg, results)), "plots/basins.png")
     lines = tuned.winner_lines(results)
-    parent.set_tags({"winners": "; ".join(lines)[:5000]})
+    parent.set_tags({"winners": "; ".join(lines)[:5000], "mlflow.note.content": note(markdown, lines)})
+    parent.log_metrics(tuned.headline(results), 0)
     return markdown, lines

@@ -155,3 +155,16 @@ def band(curves: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np.
     length = min(len(c) for c in curves)
     stack = np.array([list(c)[:length] for c in curves], dtype=float)
     return stack.mean(0), stack.min(0), stack.max(0)
+
+
+def headline(results: Sequence[StudyResult]) -> dict[str, float]:
+    """What a tune parent's row shows in the runs table: the best seed mean (per workload when several)."""
+    workloads = list(dict.fromkeys(r.workload for r in results))
+    found: dict[str, float] = {"optimizers": float(len({r.optimizer for r in results}))}
+    for workload in workloads:
+        means = [mean_sd(r.seed_scores)[0] for r in results if r.workload == workload]
+        means = [m for m in means if math.isfinite(m)]
+        if means:
+            key = "best_score_mean" if len(workloads) == 1 else f"best_score_mean/{workload}"
+            found[key] = max(means) if results[0].maximize else min(means)
+    return found

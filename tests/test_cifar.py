@@ -20,7 +20,7 @@ from pipeline.train import native_bf16
 pytestmark = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
 
 EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "eval_time", "throughput", "lr",
-                 "best_val_acc"}
+                 "log10_lr", "best_val_acc"}
 ARTIFACTS = {"config.json", "plots/curves.png", "plots/confusion_matrix.png", "confusion_matrix.csv",
              "per_class_accuracy.csv"}
 QUICK = ("--model", "tiny_cnn", "--data_dir", str(SHARED_SUBSET), "--system_metrics", "false")

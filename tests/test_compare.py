@@ -150,5 +150,8 @@ def test_seeds_run_each_optimizer_on_every_seed_and_band_them(tracking):
     assert len({c.data.params["start"] for c in children}) == 3  # the seed picks the start, the same for both
     assert "plots/seeds_loss.png" in artifact_files(tracking, parent.info.run_id)
     assert parent.data.params["seeds"] == "3"
+    assert parent.info.run_name.startswith("compare-toy-2opt-")  # what, how many, when
+    assert "| optimizer | final_loss |" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.metrics["optimizers"] == 2 and "best_final_loss" in parent.data.metrics
     refused = cli("compare", "--optimizers", "adam", "--seeds", "2", "--experiment", experiment)
     assert refused.returncode == 2 and "seeds: toy runs differ by seed only with start=random" in refused.stderr

@@ -1,5 +1,6 @@
 """Training loops: the notebook's bugs stay fixed, metrics are right and read back once per epoch."""
 import ast
+import math
 import re
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def test_val_accuracy_is_measured_on_the_val_set_not_the_train_set():
     assert int(confusion.sum()) == 64 and confusion.trace().item() / 64 == pytest.approx(expected)
     expected_loss = torch.nn.functional.cross_entropy(logits, torch.cat(labels)).item()
     assert val_metrics["val_loss"] == pytest.approx(expected_loss, rel=1e-5)
-    assert set(train_metrics) == {"train_loss", "train_acc", "epoch_time", "throughput", "lr"}
+    assert set(train_metrics) == {"train_loss", "train_acc", "epoch_time", "throughput", "lr", "log10_lr"}
+    assert train_metrics["log10_lr"] == pytest.approx(math.log10(train_metrics["lr"]))
 
 
 def test_evaluation_is_deterministic_so_the_test_set_is_not_augmented():

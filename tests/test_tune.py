@@ -2,6 +2,7 @@
 MLflow stores and the real Optuna storage; resuming; bad params."""
 import csv
 import io
+import re
 import tempfile
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def test_one_parent_a_child_per_optimizer_and_trials_defaults_seeds_under_each(t
         roles = sorted(r.data.tags["role"] for r in below)
         assert roles == sorted(["trial"] * K + ["default"] + ["seed"] * S), child.info.run_name
         assert {r.data.tags["study"] for r in below if r.data.tags["role"] == "trial"} == {child.data.tags["study"]}
+        optimizer = child.data.tags["optimizer"]
+        for run in below:  # readable names: adam-t03-lr2.1e-3, adam-default-lr1.0e-3, adam-seed2
+            role, name = run.data.tags["role"], run.info.run_name
+            expected = {"trial": rf"{optimizer}-t{int(run.data.tags['trial']):02d}-lr\d\.\de-?\d+",
+                        "default": rf"{optimizer}-default-lr\d\.\de-?\d+", "seed": rf"{optimizer}-seed[12]"}[role]
+            assert re.fullmatch(expected, name), name
     assert len(runs) == 1 + len(children) * (2 + K + S)
 
 
@@ -124,6 +131,16 @@ def test_the_parent_logs_the_table_and_every_plot(toy_tune):
         "tuned.csv", "tuned.md", "plots/lr_sensitivity.png", "plots/seeds_score.png",
         "plots/performance_profile.png", "plots/basins.png"}
     assert parent.data.params["trials"] == str(K) and parent.data.params["sampler"] == "qmc"
+    # What the UI shows: a name that says what and when, the table as description, figures in the row.
+    assert re.fullmatch(rf"tune-toy-{len(OPTIMIZERS)}opt-{K}x{S}-\d{{4}}-\d{{4}}-\d{{2}}", parent.info.run_name)
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("rosenbrock: at its default lr") and "| optimizer | workload |" in note
+    table = _table(client, parent.info.run_id)
+    best = min(float(row["score_mean"]) for row in table if row["workload"] == "ackley")
+    assert parent.data.metrics["best_score_mean/ackley"] == pytest.approx(best, rel=1e-3)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"].startswith("Runs of optlab")
 
 
 def test_the_same_command_again_continues_the_study_and_duplicates_no_run(toy_tune, store_uri):
@@ -217,6 +234,9 @@ def test_mlflow_run_tune_makes_its_run_the_parent_and_a_second_one_joins(trackin
     assert first.returncode == 0, first.stderr[-3000:]
     (parent,) = [r for r in runs_of(tracking, experiment) if r.data.tags.get("task") == "tune"]
     assert parent.data.tags.get("mlflow.source.type") == "PROJECT" and parent.info.status == "FINISHED"
+    assert parent.info.run_name.startswith("tune-toy-1opt-2x1-")  # not mlflow run's random name
+    assert tracking.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"  # the experiment `mlflow run --experiment-name` made
     # A second `mlflow run` of the same command, in-process: the run it hands over, in the same experiment.
     handed = tracking.create_run(parent.info.experiment_id).info.run_id
     second = cli("tune", *[part for p in params for part in (f"--{p.split('=')[0]}", p.split("=", 1)[1])],

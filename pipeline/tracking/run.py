@@ -122,10 +122,12 @@ def open_run(experiment: str, name: str, tags: Mapping[str, str] | None = None, 
     made for this process; it ends with the block: FINISHED, FAILED (an error, or `fail()`), KILLED (Ctrl-C).
     `keep_running=True` leaves a run that ends well RUNNING (work in other processes goes on under it)."""
     client = connect()
-    if parent is None:  # consumed here: a nested run must not take `mlflow run`'s run as its own
-        run_id = run_id or take_handed_run_id()
+    handed = None
+    if parent is None and run_id is None:  # consumed here: a nested run must not take `mlflow run`'s run
+        run_id = handed = take_handed_run_id()
+    renamed = {**(tags or {}), MLFLOW_RUN_NAME: name} if handed else tags  # not `mlflow run`'s random name
     with refusals_as_usage_errors(f"start a run in experiment {experiment!r}"):  # e.g. someone else's
-        run = _continue(client, run_id, tags) if run_id else _create(client, experiment, name, tags, parent)
+        run = _continue(client, run_id, renamed) if run_id else _create(client, experiment, name, tags, parent)
     monitor = _system_metrics(run.run_id, resumed=bool(run_id)) if system_metrics else None
     try:
         yield run
@@ -142,10 +144,28 @@ def open_run(experiment: str, name: str, tags: Mapping[str, str] | None = None, 
             _terminate(run)
 
 
+# The UI opens an experiment in its GenAI overview unless this tag says it holds model-training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_NOTE = ("Runs of optlab, which compares deep-learning optimizers. Parent runs (compare, tune) hold the "
+                   "summary in their description and artifacts; their children are one run per optimizer.")
+
+
+def mark_experiment(client: mlflow.MlflowClient, experiment_id: str) -> None:
+    """Tag the experiment as model training (the UI then opens on its runs) and describe it, unless it says so
+    already (a description someone wrote is kept)."""
+    tags = client.get_experiment(experiment_id).tags
+    wanted = {**EXPERIMENT_KIND, **({} if tags.get("mlflow.note.content") else {"mlflow.note.content": EXPERIMENT_NOTE})}
+    for key, value in wanted.items():
+        if tags.get(key) != value and not (key == "mlflow.note.content" and tags.get(key)):
+            client.set_experiment_tag(experiment_id, key, value)
+
+
 def _create(client: mlflow.MlflowClient, experiment: str, name: str, tags: Mapping[str, str] | None,
             parent: Run | None) -> Run:
     """A new run, with MLflow's own context tags (source, user, git commit) as `mlflow.start_run` adds them."""
     experiment_id = parent.experiment_id if parent else experiment_id_for(client, experiment)
+    if parent is None:
+        mark_experiment(client, experiment_id)
     given = {**(tags or {}), MLFLOW_RUN_NAME: name, **({MLFLOW_PARENT_RUN_ID: parent.run_id} if parent else {})}
     created = client.create_run(experiment_id, run_name=name, tags=resolve_tags(given))
     return Run(client, created.info.run_id, experiment_id)
@@ -155,6 +175,7 @@ def _continue(client: mlflow.MlflowClient, run_id: str, tags: Mapping[str, str] 
     """An existing run, RUNNING again, with `tags` set (a resumed run, or the one `mlflow run` made)."""
     found = client.get_run(run_id)
     client.update_run(run_id, status="RUNNING")
+    mark_experiment(client, found.info.experiment_id)  # e.g. one `mlflow run --experiment-name` just made
     run = Run(client, run_id, found.info.experiment_id)
     if tags:
         run.set_tags(tags)
