@@ -101,6 +101,8 @@ def draw_toy(run: tracking.Run, records: list[RunRecord], scratch: Path) -> None
             paths[record.label] = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)[:, 1:3]
     losses = {r.label: np.array(r.series("loss")[1]) for r in usable}
     run.log_figure(plots.contour_figure(fn, paths), "plots/contour.png")
+    if len(paths) > 1:
+        run.log_figure(plots.panels_figure(fn, paths), "plots/contour_panels.png")
     run.log_figure(plots.surface_figure(fn, paths), "plots/surface.png")
     run.log_figure(plots.loss_figure(fn, losses), "plots/loss.png")
     gif = scratch / "paths.gif"

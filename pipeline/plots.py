@@ -13,15 +13,18 @@ from matplotlib import colors, ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from pipeline.functions import Function2D  # noqa: E402
+from pipeline.styles import looks  # noqa: E402
 
 Paths = Mapping[str, np.ndarray]  # label -> (T, 2) positions
 _GRID = 300  # points per axis for contours and surfaces
 _FLOOR = 1e-12  # smallest gap to f_min drawn on log axes
 
 
-def _colors(count: int) -> list:
-    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(count)]
+def _legend_outside(fig: Figure, ax, columns: int = 1) -> None:
+    """The legend beside the axes, never over the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small", ncols=columns)
 
 
 def _finite(path: np.ndarray) -> np.ndarray:
@@ -60,37 +63,71 @@ def contour_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
     """Filled contours of `fn` with each path, its start and end, and the known minima."""
     fig = Figure(figsize=(7.5, 6.0), layout="constrained")
     ax = fig.add_subplot()
-    xs, ys, zs = _grid(fn, paths)
+    grid = _grid(fn, paths)
+    contours(fig, [ax], fn, grid)
+    _draw_paths(ax, paths)
+    _minima(ax, fn, grid, size=260)
+    ax.set(xlabel="x", ylabel="y", title=title or f"{fn.title}: descent paths")
+    _legend_outside(fig, ax)
+    return fig
+
+
+def contours(fig: Figure, axes: Sequence, fn: Function2D, grid: tuple) -> None:
+    """The same filled contours of `fn` on every axes (log gap to f_min for steep functions), one colour bar."""
+    xs, ys, zs = grid
     if fn.log_scale:
         gap = np.maximum(zs - fn.f_min, _FLOOR)
         # Whole decades at the ends, so the colour bar's ticks land on powers of ten.
         low, high = np.floor(np.log10(max(gap.min(), 1e-3))), np.ceil(np.log10(gap.max()))
         levels = np.logspace(low, high, int(4 * (high - low)) + 1)
-        filled = ax.contourf(xs, ys, gap, levels=levels, norm=colors.LogNorm(), cmap="viridis", extend="min")
-        fig.colorbar(filled, ax=ax, label="f(x, y) − f_min (log scale)", ticks=ticker.LogLocator(),
+        for ax in axes:
+            filled = ax.contourf(xs, ys, gap, levels=levels, norm=colors.LogNorm(), cmap="viridis", extend="min")
+        fig.colorbar(filled, ax=axes, label="f(x, y) − f_min (log scale)", ticks=ticker.LogLocator(),
                      format=ticker.LogFormatterSciNotation())
     else:
-        filled = ax.contourf(xs, ys, zs, levels=30, cmap="viridis")
-        fig.colorbar(filled, ax=ax, label="f(x, y)")
-    ax.contour(xs, ys, zs, levels=filled.levels if not fn.log_scale else fn.f_min + levels,
-               colors="white", linewidths=0.3, alpha=0.5)
-    _draw_paths(ax, paths)
-    minima = np.asarray(fn.minima)
-    ax.scatter(minima[:, 0], minima[:, 1], marker="*", s=260, c="gold", edgecolors="black", zorder=5,
+        for ax in axes:
+            filled = ax.contourf(xs, ys, zs, levels=30, cmap="viridis")
+        fig.colorbar(filled, ax=axes, label="f(x, y)")
+    for ax in axes:
+        ax.contour(xs, ys, zs, levels=filled.levels if not fn.log_scale else fn.f_min + levels,
+                   colors="white", linewidths=0.3, alpha=0.5)
+
+
+def _minima(ax, fn: Function2D, grid: tuple, size: float) -> None:
+    """The global minima as stars, and the grid's window as the limits (not autoscaling: a path that left for
+    1e308 would overflow the tick arithmetic)."""
+    minima, (xs, ys, _) = np.asarray(fn.minima), grid
+    ax.scatter(minima[:, 0], minima[:, 1], marker="*", s=size, c="gold", edgecolors="black", zorder=5,
                label="global minimum")
-    # The grid's window, not autoscaling: a path that left for 1e308 would overflow the tick arithmetic.
     ax.set(xlim=(xs.min(), xs.max()), ylim=(ys.min(), ys.max()))
-    ax.set(xlabel="x", ylabel="y", title=title or f"{fn.title}: descent paths")
-    ax.legend(loc="best", fontsize="small", framealpha=0.85)
+
+
+def panels_figure(fn: Function2D, paths: Paths) -> Figure:
+    """Small multiples: one contour panel per path, the same colour scale in all, so no path hides another."""
+    columns = min(4, len(paths))
+    rows = -(-len(paths) // columns)
+    fig = Figure(figsize=(3.4 * columns + 1.2, 3.0 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    grid = _grid(fn, paths)
+    contours(fig, list(axes[: len(paths)]), fn, grid)
+    for ax, (label, path) in zip(axes, paths.items()):
+        _draw_paths(ax, {label: path}, looks(list(paths))[label])
+        _minima(ax, fn, grid, size=120)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(paths):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{fn.title}: one panel per optimizer")
     return fig
 
 
-def _draw_paths(ax, paths: Paths) -> None:
-    for (label, raw), color in zip(paths.items(), _colors(len(paths))):
-        path = _finite(raw)
+def _draw_paths(ax, paths: Paths, style: tuple[str, str] | None = None) -> None:
+    styles = looks(list(paths))
+    for label, raw in paths.items():
+        path, (color, dashes) = _finite(raw), style or styles[label]
         if not len(path):
             continue
-        ax.plot(path[:, 0], path[:, 1], "-", color=color, lw=1.8, label=label, zorder=3)
+        ax.plot(path[:, 0], path[:, 1], dashes, color=color, lw=1.8, label=label, zorder=3)
         ax.scatter(*path[0], marker="o", s=70, color=color, edgecolors="black", zorder=4)
         ax.scatter(*path[-1], marker="X", s=110, color=color, edgecolors="black", zorder=4)
     ax.scatter([], [], marker="o", c="lightgray", edgecolors="black", label="start")
@@ -106,8 +143,9 @@ def surface_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
     surface = _height(fn, zs)
     ax.plot_surface(xs, ys, surface, cmap="viridis", alpha=0.55, linewidth=0, antialiased=True,
                     rcount=80, ccount=80)
-    for (label, raw), color in zip(paths.items(), _colors(len(paths))):
-        path = _finite(raw)
+    styles = looks(list(paths))
+    for label, raw in paths.items():
+        path, (color, dashes) = _finite(raw), styles[label]
         if not len(path):
             continue
         with np.errstate(over="ignore", invalid="ignore"):
@@ -116,7 +154,7 @@ def surface_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
         inside = ((xs.min() <= path[:, 0]) & (path[:, 0] <= xs.max()) & (ys.min() <= path[:, 1])
                   & (path[:, 1] <= ys.max()))
         px, py, pz = (np.where(inside, values, np.nan) for values in (path[:, 0], path[:, 1], heights))
-        ax.plot(px, py, pz, "-", color=color, lw=2.2, label=label, zorder=10)
+        ax.plot(px, py, pz, dashes, color=color, lw=2.2, label=label, zorder=10)
         ax.scatter(px[0], py[0], pz[0], marker="o", s=50, color=color, edgecolors="black")
         ax.scatter(px[-1], py[-1], pz[-1], marker="X", s=80, color=color, edgecolors="black")
     minima = np.asarray(fn.minima)
@@ -129,7 +167,7 @@ def surface_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
     zlabel = "log10(1 + f − f_min)" if fn.log_scale else "f(x, y)"
     ax.set(xlabel="x", ylabel="y", zlabel=zlabel, title=title or f"{fn.title}: surface and paths")
     ax.view_init(elev=35, azim=-60)
-    ax.legend(loc="upper left", fontsize="small")
+    _legend_outside(fig, ax)
     return fig
 
 
@@ -137,15 +175,16 @@ def loss_figure(fn: Function2D, losses: Mapping[str, np.ndarray], title: str | N
     """Gap to the minimum, f - f_min, against step on a log axis, one line per label."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for (label, loss), color in zip(losses.items(), _colors(len(losses))):
+    styles = looks(list(losses))
+    for label, loss in losses.items():
         gap = np.asarray(loss, dtype=float) - fn.f_min
         # Clipped to 1e30 (a diverging run's 1e300 would overflow the log axis), floored for log(0).
         gap = np.where(np.isfinite(gap), np.clip(gap, _FLOOR, 1e30), np.nan)
-        ax.plot(np.arange(len(gap)), gap, color=color, lw=1.8, label=label)
+        ax.plot(np.arange(len(gap)), gap, styles[label][1], color=styles[label][0], lw=1.8, label=label)
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="f(x, y) − f_min (log scale)", title=title or f"{fn.title}: loss")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_outside(fig, ax)
     return fig
 
 
@@ -153,7 +192,9 @@ def curves_figure(histories: Mapping[str, Sequence[Mapping[str, float]]], title:
     """Loss and accuracy against epoch, train dashed and validation solid, one colour per label."""
     fig = Figure(figsize=(11.0, 4.5), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for (label, history), color in zip(histories.items(), _colors(len(histories))):
+    styles = looks(list(histories))
+    for label, history in histories.items():
+        color = styles[label][0]
         epochs = np.arange(1, len(history) + 1)
         for split, style in (("train", "--"), ("val", "-")):
             loss_ax.plot(epochs, [row[f"{split}_loss"] for row in history], style, color=color, marker="o",
@@ -193,14 +234,15 @@ def overlay_figure(lines: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     """One line per label (e.g. per optimizer) of one metric, with a legend: the notebook's overlay plots."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
-    for (label, (xs, ys)), color in zip(lines.items(), _colors(len(lines))):
+    styles = looks(list(lines))
+    for label, (xs, ys) in lines.items():
         ys = np.asarray(ys, dtype=float) * (100 if percent else 1)
-        ax.plot(xs, ys, "-o", color=color, ms=3.5, lw=1.8, label=label)
+        ax.plot(xs, ys, styles[label][1], marker="o", color=styles[label][0], ms=3.5, lw=1.8, label=label)
     ax.set(xlabel=xlabel, ylabel=ylabel + (" (%)" if percent else ""), title=title)
     if integer_x:
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", ncols=2 if len(lines) > 6 else 1)
+    _legend_outside(fig, ax)
     return fig
 
 

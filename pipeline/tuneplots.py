@@ -8,7 +8,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.plots import _colors  # noqa: F401 - also selects the headless backend before any figure
+from pipeline import plots  # noqa: F401 - selects the headless backend before any figure
+from pipeline.styles import looks
 
 Band = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x, mean, min, max
 
@@ -33,15 +34,14 @@ def sensitivity_figure(lines: Mapping[str, Mapping[str, Sequence[tuple[float, fl
                        log_y: bool) -> Figure:
     """Score against lr (log x), one line per optimizer and one panel per workload; pruned trials as x."""
     figure, axes = _panels(len(lines))
-    names = sorted({name for per in lines.values() for name in per})
-    color = dict(zip(names, _colors(len(names))))
+    style = looks(list(dict.fromkeys(name for per in lines.values() for name in per)))
     for ax, (workload, per) in zip(axes, lines.items()):
         for name, points in per.items():
             if not points:
                 continue
             lr, score, pruned = (np.array(column) for column in zip(*points))
-            ax.plot(lr, score, "-o", ms=3, color=color[name], label=name)
-            ax.plot(lr[pruned], score[pruned], "x", ms=8, color=color[name])
+            ax.plot(lr, score, style[name][1], marker="o", ms=3, color=style[name][0], label=name)
+            ax.plot(lr[pruned], score[pruned], "x", ms=8, color=style[name][0])
         ax.set(xscale="log", xlabel="learning rate", ylabel=ylabel, title=f"{workload}: score against lr "
                "(x = pruned)")
         if log_y:
@@ -54,12 +54,11 @@ def sensitivity_figure(lines: Mapping[str, Mapping[str, Sequence[tuple[float, fl
 def seeds_figure(panels: Mapping[str, Mapping[str, Band]], ylabel: str, log_y: bool = False) -> Figure:
     """Mean line and min-max band over seeds per optimizer; one panel per x axis and workload (their titles)."""
     figure, axes = _panels(len(panels))
-    names = sorted({name for per in panels.values() for name in per})
-    color = dict(zip(names, _colors(len(names))))
+    style = looks(list(dict.fromkeys(name for per in panels.values() for name in per)))
     for ax, (title, per) in zip(axes, panels.items()):
         for name, (x, mean, low, high) in per.items():
-            ax.plot(x, mean, color=color[name], label=name)
-            ax.fill_between(x, low, high, color=color[name], alpha=0.2, linewidth=0)
+            ax.plot(x, mean, style[name][1], color=style[name][0], label=name)
+            ax.fill_between(x, low, high, color=style[name][0], alpha=0.2, linewidth=0)
         xlabel = title.rsplit(" against ", 1)[-1]
         ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
         if log_y:
@@ -73,8 +72,9 @@ def profile_figure(taus: np.ndarray, curves: Mapping[str, np.ndarray], xlabel: s
     """Performance profiles: share of workloads within a factor tau of the best, per optimizer."""
     figure = Figure(figsize=(8, 5), layout="constrained")
     ax = figure.subplots()
-    for (name, share), color in zip(curves.items(), _colors(len(curves))):
-        ax.step(taus, share, where="post", color=color, label=name)
+    style = looks(list(curves))
+    for name, share in curves.items():
+        ax.step(taus, share, style[name][1], where="post", color=style[name][0], label=name)
     ax.set(xlabel=xlabel, ylabel="share of workloads", ylim=(-0.02, 1.02),
            title="Performance profiles (higher and further left is better)")
     if log_x:

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import SHARED_SUBSET, artifact_files, cli, metric_history, new_experiment, runs_of
 
-TOY_PLOTS = {"plots/contour.png", "plots/surface.png", "plots/loss.png", "plots/paths.gif"}
+TOY_PLOTS = {"plots/contour.png", "plots/contour_panels.png", "plots/surface.png", "plots/loss.png",
+             "plots/paths.gif"}
 CIFAR_PLOTS = {"plots/train_accuracy.png", "plots/train_loss.png", "plots/test_accuracy.png",
                "plots/test_loss.png", "plots/test_accuracy_vs_time.png"}
 

@@ -15,7 +15,7 @@ LAYERS = [
     {"trials"},
     {"toy", "cifar", "predict"},
     {"runlog"},
-    {"tracking", "plots", "tuneplots", "summary", "tuned", "logger", "outbox", "search", "scores"},
+    {"tracking", "plots", "tuneplots", "summary", "tuned", "logger", "outbox", "search", "scores", "styles"},
     {"descent", "train", "checkpoint"},
     {"optimizers", "schedulers", "functions", "models", "data", "images", "safe_pickle", "reference"},
     {"config", "tune_config", "provenance", "values", "errors"},

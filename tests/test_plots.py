@@ -50,3 +50,30 @@ def test_gif_frames_grow_the_paths_and_end_on_the_full_contour_plot(tmp_path):
         stored.seek(9)
         error = np.abs(np.asarray(stored.convert("RGB")).astype(int) - last).sum(axis=2)
     assert np.percentile(error, 99.9) < 60  # one shared palette keeps every path's colour
+
+
+def test_every_optimizer_has_its_own_colour_and_the_legend_stays_off_the_data():
+    from pipeline.optimizers import optimizer_names
+    from pipeline.styles import looks
+
+    names = optimizer_names()
+    styles = looks(names)
+    assert len({color for color, _ in styles.values()}) == len(names) == 12
+    assert looks(["radam", "adam"]) == {"radam": styles["radam"], "adam": styles["adam"]}  # the same in every plot
+    lines = {name: ([1, 2, 3], [0.1 * i, 0.2 * i, 0.3 * i]) for i, name in enumerate(names)}
+    fig = plots.overlay_figure(lines, "epoch", "val_acc", "twelve")
+    (ax,) = fig.axes
+    drawn = {line.get_label(): line.get_color() for line in ax.get_lines()}
+    assert len(set(drawn.values())) == 12 and ax.get_legend() is None and len(fig.legends) == 1
+
+
+def test_small_multiples_draw_one_panel_per_path_on_one_colour_scale():
+    from pipeline.functions import get_function
+
+    fn = get_function("ackley")
+    paths = {name: np.array([[-3.0, 3.0], [-2.0, 2.0]]) for name in ("sgd", "asgd", "adam")}  # sgd = asgd
+    fig = plots.panels_figure(fn, paths)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["sgd", "asgd", "adam"]
+    assert all(len(ax.get_lines()) == 1 for ax in panels)  # each panel its own path, none hidden
+    assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 1
