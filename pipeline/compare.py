@@ -175,10 +175,13 @@ def redraw_ids(cfg: CompareConfig) -> tuple[str, list[str]]:
 
 
 def main(cfg: CompareConfig) -> int:
-    """The `compare` entry point: print the summary table and where the best model is."""
+    """The `compare` entry point: print the summary table, where the best model is, and a link to the sweep."""
     run_id, markdown, uri = sweep(cfg)
     print(markdown)
     print(f"compare run {run_id}" + (f"; best model: {uri}" if uri else ""))
+    link = tracking.sweep_link(tracking.fetch_run(run_id, ())["experiment_id"], run_id)
+    print(f"this sweep in the MLflow UI: {link}" + ("" if tracking.tracking_uri().startswith("http") else
+                                                  " (after `make ui`)"))
     return EXIT_OK
 
 
@@ -225,6 +228,8 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
         per_seed = [[_record(run_id, cfg.task, reused=True) for run_id in ids]] if cfg.from_runs else \
             train_seeds(cfg, parent, train)
         records = per_seed[0]
+        tracking.add_to_sweep([parent.run_id] + [r.run_id for seed in per_seed for r in seed if r.run_id != "-"],
+                              parent.run_id)
         markdown = report(parent, cfg.task, records, f"compare {cfg.task}: {len(records)} optimizers")
         if len(per_seed) > 1:
             draw_seeds(parent, cfg.task, per_seed)

@@ -105,7 +105,7 @@ class Worker:
                 cfg = dataclasses.replace(plan.base, **best, seed=plan.base.seed + 1 + index)
             tags = {"role": ROLES[phase], "study": self.cfg.study_name(plan, phase), "trial": str(trial.number),
                     "optimizer": plan.optimizer, "workload": plan.workload,
-                    "worker": f"{socket.gethostname()}:{os.getpid()}"}
+                    "worker": f"{socket.gethostname()}:{os.getpid()}", tracking.SWEEPS_TAG: self.ids.parent}
             try:
                 score = self.score(plan, phase, cfg, trial, tags)
             except (optuna.TrialPruned, KeyboardInterrupt):

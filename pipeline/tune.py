@@ -42,15 +42,16 @@ def _parent_params(cfg: TuneConfig) -> dict[str, str]:
 
 def create_runs(cfg: TuneConfig) -> RunIds:
     """The parent run and one child per (optimizer, workload), left RUNNING for the workers."""
-    tags = {"task": "tune", "tune_task": cfg.task, "tune_key": cfg.key()}
+    tags = {"task": "tune", "tune_task": cfg.task, "tune_key": cfg.key()}  # `sweeps`: set once the id is known
     optimizers = len({plan.optimizer for plan in cfg.children})
     name = parent_name("tune", cfg.task, optimizers, time.time(), f"-{cfg.trials}x{cfg.seeds}")
     with tracking.open_run(cfg.experiment, name, tags, keep_running=True) as parent:
         parent.log_params(_parent_params(cfg))
+        parent.set_tags({tracking.SWEEPS_TAG: parent.run_id})
         children = {}
         for plan in cfg.children:
             child_tags = {"role": "optimizer", "optimizer": plan.optimizer, "workload": plan.workload,
-                          "study": cfg.study_name(plan)}
+                          "study": cfg.study_name(plan), tracking.SWEEPS_TAG: parent.run_id}
             with tracking.open_run(cfg.experiment, plan.label, child_tags, parent=parent, keep_running=True) as run:
                 children[plan.label] = run.run_id
     return RunIds(parent.run_id, children)
@@ -158,6 +159,9 @@ def main(cfg: TuneConfig) -> int:
     print(markdown)
     print("\n".join(lines))
     print(f"tune run {run_id}")
+    local = "" if tracking.tracking_uri().startswith("http") else " (after `make ui`)"
+    link = tracking.sweep_link(tracking.fetch_run(run_id, ())["experiment_id"], run_id)
+    print(f"this tune in the MLflow UI: {link}{local}")
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@ MLflow stores and the real Optuna storage; resuming; bad params."""
 import csv
 import io
 import re
+import urllib.parse
 import tempfile
 from pathlib import Path
 
@@ -122,6 +123,10 @@ def test_the_reported_best_is_the_best_trial_and_seed_statistics_match_the_seed_
         assert float(default.data.params["lr"]) == float(row["default_lr"])
         assert child.data.metrics["default_score"] == pytest.approx(default.data.metrics["score"], rel=1e-9)
     assert "rosenbrock: at its default lr" in done.stdout and "with every optimizer tuned" in done.stdout
+    link = next(line for line in done.stdout.splitlines() if line.startswith("this tune in the MLflow UI: "))
+    search = urllib.parse.unquote(link.split("searchFilter=")[1].split("&")[0])
+    parent = next(r for r in runs if r.data.tags.get("task") == "tune")
+    assert len(client.search_runs([parent.info.experiment_id], filter_string=search)) == len(runs)
 
 
 def test_the_parent_logs_the_table_and_every_plot(toy_tune):

@@ -17,7 +17,8 @@ _HOMES = {
     "run": ("Run", "open_run", "handed_run_tags", "ensure_experiment", "existing_run", "fail_run", "end_run", "note_handed_run",
             "local_store_folder"),
     "store": ("find_resumable_run", "find_finished_run", "fetch_run", "latest_runs", "last_step", "run_exists",
-              "download", "load_predictor", "set_alias"),
+              "download", "load_predictor", "set_alias", "add_to_sweep", "sweep_link",
+              "SWEEPS_TAG"),
     "launcher": ("record_refusal",),
 }
 _WHERE = {name: module for module, names in _HOMES.items() for name in names}

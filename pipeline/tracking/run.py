@@ -154,9 +154,10 @@ def mark_experiment(client: mlflow.MlflowClient, experiment_id: str) -> None:
     """Tag the experiment as model training (the UI then opens on its runs) and describe it, unless it says so
     already (a description someone wrote is kept)."""
     tags = client.get_experiment(experiment_id).tags
-    wanted = {**EXPERIMENT_KIND, **({} if tags.get("mlflow.note.content") else {"mlflow.note.content": EXPERIMENT_NOTE})}
+    wanted = dict(EXPERIMENT_KIND) if tags.get("mlflow.note.content") else \
+        {**EXPERIMENT_KIND, "mlflow.note.content": EXPERIMENT_NOTE}
     for key, value in wanted.items():
-        if tags.get(key) != value and not (key == "mlflow.note.content" and tags.get(key)):
+        if tags.get(key) != value:
             client.set_experiment_tag(experiment_id, key, value)
 
 
@@ -253,7 +254,8 @@ def note_handed_run(message: str, tags: Mapping[str, str]) -> None:
     elsewhere (a tune command that joined an existing study); `mlflow run` ends it when the process does."""
     run_id = take_handed_run_id()
     if run_id:
-        connect().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in {**tags, "mlflow.note.content": message}.items()])
+        noted = {**tags, "mlflow.note.content": message}
+        connect().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in noted.items()])
 
 
 def fail_handed_run(message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable, Sequence
+from urllib.parse import quote
 
 import mlflow
 
@@ -104,3 +105,25 @@ def set_alias(model_name: str, run_id: str, alias: str) -> str:
         version = mlflow.register_model(f"runs:/{run_id}/model", model_name).version
     client.set_registered_model_alias(model_name, alias, version)
     return str(version)
+
+
+SWEEPS_TAG = "sweeps"  # the parent run ids of every sweep (compare, tune) a run belongs to, comma-separated
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
+
+
+def add_to_sweep(run_ids: Sequence[str], sweep_id: str) -> None:
+    """Tag each run as part of sweep `sweep_id` (a reused child joins every sweep that uses it)."""
+    client = connect()
+    for run_id in run_ids:
+        have = client.get_run(run_id).data.tags.get(SWEEPS_TAG, "")
+        if sweep_id not in have.split(","):
+            client.set_tag(run_id, SWEEPS_TAG, ",".join(filter(None, [have, sweep_id]))[-5000:])
+
+
+def sweep_link(experiment_id: str, sweep_id: str) -> str:
+    """A UI link that opens exactly this sweep's runs in the experiment's model-training view, as charts."""
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    search = quote(f"tags.{SWEEPS_TAG} LIKE '%{sweep_id}%'", safe="")
+    return (f"{base}/#/experiments/{experiment_id}/runs?searchFilter={search}&workflowType=machine_learning"
+            "&compareRunsMode=CHART")
