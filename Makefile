@@ -17,7 +17,7 @@ PGPORT ?= 5433
 auth ?= false
 AUTH ?= $(auth)
 
-.PHONY: setup demo test bench server ui clean
+.PHONY: setup demo test bench server ui ui-shot clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ server: setup
 # The UI over the embedded default store (the runs made without MLFLOW_TRACKING_URI).
 ui: setup
 	$(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) --backend-store-uri $(STORE)
+
+# Refresh the README's picture of the UI: a tiny cifar compare, `mlflow ui` on it, headless Chromium on the link
+# the compare printed (needs chromium: apt-get install chromium).
+ui-shot: setup
+	$(PY) tests/browser.py docs/img/compare-ui.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache

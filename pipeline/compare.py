@@ -230,6 +230,7 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
         records = per_seed[0]
         tracking.add_to_sweep([parent.run_id] + [r.run_id for seed in per_seed for r in seed if r.run_id != "-"],
                               parent.run_id)
+        tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("param", "optimizer"))
         markdown = report(parent, cfg.task, records, f"compare {cfg.task}: {len(records)} optimizers")
         if len(per_seed) > 1:
             draw_seeds(parent, cfg.task, per_seed)

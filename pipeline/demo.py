@@ -30,22 +30,26 @@ def where_to_look(experiment: str) -> str:
 
 def main(data_dir: str | None = None) -> int:
     """Run the toy sweep, the CIFAR sweep (skipped with one line when no data can be had), then a toy tune."""
-    summaries = []
+    summaries, views = [], []
     toy = build_compare(TOY)
-    summaries.append(sweep(toy)[1])
+    run_id, markdown, _ = sweep(toy)
+    summaries.append(markdown)
+    views.append(("toy comparison", run_id))
     cifar_params = {**(CIFAR_GPU if torch.cuda.is_available() else CIFAR_CPU),
                     **({"data_dir": data_dir} if data_dir else {})}
     try:
-        _, markdown, uri = sweep(build_compare(cifar_params))
+        run_id, markdown, uri = sweep(build_compare(cifar_params))
         summaries.append(markdown + (f"\nBest model: {uri}\n" if uri else ""))
+        views.append(("CIFAR-10 comparison", run_id))
     except UsageError as error:
         print(f"CIFAR-10 comparison skipped: {error}. Run `make demo DATA=<folder with cifar-10-batches-py>`.")
-    tuned = build_tune(TUNE)
-    _, markdown, lines = tune(tuned)
+    run_id, markdown, lines = tune(build_tune(TUNE))
+    views.append(("tune", run_id))
     print("\n".join(summaries))
     print(markdown)
     print("What the tune shows: a comparison at one shared lr is not the comparison once each is tuned.")
     print("\n".join(f"  {line}" for line in lines))
     print(where_to_look(toy.experiment))
-    print(f"The tune is in experiment {tuned.experiment}: its parent run holds tuned.md and plots/.")
+    for what, view in views:
+        print(f"  the {what}: {tracking.sweep_link(tracking.fetch_run(view, ())['experiment_id'], view)}")
     return EXIT_OK

@@ -185,4 +185,5 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
             raise
         results = collect(cfg, Worker(cfg, ids, storage))
         markdown, lines = report(cfg, parent, ids, results)
+        tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "optimizer"))
     return parent.run_id, markdown, lines

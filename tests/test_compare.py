@@ -1,6 +1,7 @@
 """The `compare` sweep: parent and children in the store, overlays, summaries, reuse, redraw, champion."""
 import csv
 import io
+import json
 import urllib.parse
 
 import mlflow
@@ -156,8 +157,9 @@ def test_seeds_run_each_optimizer_on_every_seed_and_band_them(tracking):
     assert "| optimizer | final_loss |" in parent.data.tags["mlflow.note.content"]
     assert parent.data.metrics["optimizers"] == 2 and "best_final_loss" in parent.data.metrics
     link = next(line for line in done.stdout.splitlines() if line.startswith("this sweep in the MLflow UI: "))
-    search = urllib.parse.unquote(link.split("searchFilter=")[1].split("&")[0])
-    found = tracking.search_runs([parent.info.experiment_id], filter_string=search)
+    key = urllib.parse.parse_qs(link.split("?", 1)[1])["viewStateShareKey"][0]
+    view = json.loads(tracking.get_experiment(parent.info.experiment_id).tags[f"mlflow.sharedViewState.{key}"])
+    found = tracking.search_runs([parent.info.experiment_id], filter_string=view["searchFilter"])
     assert {r.info.run_id for r in found} == {parent.info.run_id} | {c.info.run_id for c in children}
     assert "workflowType=machine_learning" in link and "UI: http://127.0.0.1:5000/#/experiments/" in link
     refused = cli("compare", "--optimizers", "adam", "--seeds", "2", "--experiment", experiment)

@@ -2,6 +2,7 @@
 MLflow stores and the real Optuna storage; resuming; bad params."""
 import csv
 import io
+import json
 import re
 import urllib.parse
 import tempfile
@@ -124,9 +125,11 @@ def test_the_reported_best_is_the_best_trial_and_seed_statistics_match_the_seed_
         assert child.data.metrics["default_score"] == pytest.approx(default.data.metrics["score"], rel=1e-9)
     assert "rosenbrock: at its default lr" in done.stdout and "with every optimizer tuned" in done.stdout
     link = next(line for line in done.stdout.splitlines() if line.startswith("this tune in the MLflow UI: "))
-    search = urllib.parse.unquote(link.split("searchFilter=")[1].split("&")[0])
+    key = urllib.parse.parse_qs(link.split("?", 1)[1])["viewStateShareKey"][0]
     parent = next(r for r in runs if r.data.tags.get("task") == "tune")
-    assert len(client.search_runs([parent.info.experiment_id], filter_string=search)) == len(runs)
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[f"mlflow.sharedViewState.{key}"])
+    assert len(client.search_runs([parent.info.experiment_id], filter_string=view["searchFilter"])) == len(runs)
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "optimizer"}]
 
 
 def test_the_parent_logs_the_table_and_every_plot(toy_tune):

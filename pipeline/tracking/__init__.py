@@ -18,7 +18,7 @@ _HOMES = {
             "local_store_folder"),
     "store": ("find_resumable_run", "find_finished_run", "fetch_run", "latest_runs", "last_step", "run_exists",
               "download", "load_predictor", "set_alias", "add_to_sweep", "sweep_link",
-              "SWEEPS_TAG"),
+              "share_sweep_view", "SWEEPS_TAG"),
     "launcher": ("record_refusal",),
 }
 _WHERE = {name: module for module, names in _HOMES.items() for name in names}

@@ -2,9 +2,9 @@
 newest runs of an experiment, an artifact, a model to predict with, a registry alias."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
-from urllib.parse import quote
 
 import mlflow
 
@@ -109,6 +109,7 @@ def set_alias(model_name: str, run_id: str, alias: str) -> str:
 
 SWEEPS_TAG = "sweeps"  # the parent run ids of every sweep (compare, tune) a run belongs to, comma-separated
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # the UI reads a shared view's state from this experiment tag
 
 
 def add_to_sweep(run_ids: Sequence[str], sweep_id: str) -> None:
@@ -120,10 +121,19 @@ def add_to_sweep(run_ids: Sequence[str], sweep_id: str) -> None:
             client.set_tag(run_id, SWEEPS_TAG, ",".join(filter(None, [have, sweep_id]))[-5000:])
 
 
+def share_sweep_view(experiment_id: str, sweep_id: str, group: tuple[str, str]) -> None:
+    """Store a UI view of the sweep in the experiment (the UI's own shared views: experiment tag
+    `mlflow.sharedViewState.<key>`): its runs, grouped by `group` = (param or tag, name) so that every child shows
+    (the runs table keeps children folded under their parent, and a view cannot unfold them), one chart line each."""
+    state = {"searchFilter": f"tags.{SWEEPS_TAG} LIKE '%{sweep_id}%'", "orderByKey": "attributes.start_time",
+             "orderByAsc": False, "useGroupedValuesInCharts": False, "hideEmptyCharts": True,
+             "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": group[0], "groupByData": group[1]}]}}
+    connect().set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{sweep_id}", json.dumps(state))
+
+
 def sweep_link(experiment_id: str, sweep_id: str) -> str:
-    """A UI link that opens exactly this sweep's runs in the experiment's model-training view, as charts."""
+    """A UI link that opens the sweep's shared view (share_sweep_view) in the model-training mode, as charts."""
     uri = tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    search = quote(f"tags.{SWEEPS_TAG} LIKE '%{sweep_id}%'", safe="")
-    return (f"{base}/#/experiments/{experiment_id}/runs?searchFilter={search}&workflowType=machine_learning"
-            "&compareRunsMode=CHART")
+    return (f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={sweep_id}&compareRunsMode=CHART"
+            "&workflowType=machine_learning")

@@ -1,0 +1,96 @@
+"""The MLflow UI in headless Chromium: start `mlflow ui` on a store, render a page (its DOM or a screenshot).
+
+Also a script: `python tests/browser.py OUT.png` runs a tiny cifar compare in a temporary store and writes the
+screenshot of the link it prints (`make ui-shot` refreshes docs/img/compare-ui.png with it)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
+WINDOW = "1600,1100"
+
+
+def chromium() -> str | None:
+    """The Chromium binary (Debian's `chromium`), or None."""
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def start_ui(store: str, port: int) -> subprocess.Popen:
+    """`mlflow ui` on `store` at 127.0.0.1:port, once /health answers."""
+    process = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host",
+                                "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return process
+        except OSError:
+            time.sleep(0.5)
+    stop_ui(process)
+    raise RuntimeError(f"mlflow ui did not start on port {port} (exit {process.poll()})")
+
+
+def stop_ui(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, 15)
+    except ProcessLookupError:
+        return
+    process.wait(timeout=30)
+
+
+def render(url: str, screenshot: Path | None = None, budget_ms: int = 30000) -> str:
+    """The page's DOM after `budget_ms` of virtual time (and its screenshot, when asked)."""
+    binary = chromium()
+    assert binary, "Chromium is not installed (apt-get install chromium)"
+    flags = [binary, "--headless", "--no-sandbox", "--disable-gpu", f"--virtual-time-budget={budget_ms}",
+             f"--window-size={WINDOW}"]
+    with tempfile.TemporaryDirectory(prefix="optlab-chromium-") as profile:
+        flags.append(f"--user-data-dir={profile}")
+        dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180,
+                             check=True).stdout
+        if screenshot is not None:  # second: the server has warmed up, so the charts are drawn in time
+            subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=180, check=True)
+        return dom
+
+
+def tiny_compare(store: str) -> str:
+    """A two-optimizer cifar compare on the real subset in `store`; returns the UI link it printed."""
+    done = subprocess.run([sys.executable, "-m", "pipeline", "compare", "--task", "cifar", "--optimizers",
+                           "momentum,adam", "--model", "tiny_cnn", "--epochs", "3", "--train_limit", "256",
+                           "--val_limit", "128", "--data_dir", str(SUBSET), "--log_model", "false",
+                           "--register", "false", "--system_metrics", "false", "--experiment", "optlab-compare"],
+                          cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("this sweep in the MLflow UI: "))
+    return line.split(": ", 1)[1].split(" ")[0]
+
+
+def main(out: str) -> int:
+    """Refresh the README's screenshot: a tiny compare, the UI on its store, the printed link rendered."""
+    from servers import free_port  # noqa: PLC0415 - tests/ is on sys.path when run as a script
+
+    with tempfile.TemporaryDirectory(prefix="optlab-ui-") as folder:
+        store = f"sqlite:///{folder}/mlflow.db"
+        link = tiny_compare(store)
+        port = free_port()
+        process = start_ui(store, port)
+        try:
+            render(link.replace("127.0.0.1:5000", f"127.0.0.1:{port}"), Path(out).resolve())
+        finally:
+            stop_ui(process)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else str(REPO / "docs" / "img" / "compare-ui.png")))
