@@ -9,13 +9,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from servers import free_port, stop_server, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
-WINDOW = "1600,1100"
+WINDOW = "1600,2000"  # tall enough that every chart is on screen: the UI draws only visible ones
 
 
 def chromium() -> str | None:
@@ -28,36 +28,28 @@ def start_ui(store: str, port: int) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host",
                                 "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-            return process
-        except OSError:
-            time.sleep(0.5)
-    stop_ui(process)
-    raise RuntimeError(f"mlflow ui did not start on port {port} (exit {process.poll()})")
+    if not wait_healthy(process, port):
+        stop_server(process)
+        raise RuntimeError(f"mlflow ui did not start on port {port} (exit {process.poll()})")
+    return process
 
 
-def stop_ui(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, 15)
-    except ProcessLookupError:
-        return
-    process.wait(timeout=30)
-
-
-def render(url: str, screenshot: Path | None = None, budget_ms: int = 30000) -> str:
-    """The page's DOM after `budget_ms` of virtual time (and its screenshot, when asked)."""
+def render(url: str, screenshot: Path | None = None, budget_ms: int = 30000, wait_for: str = "val_acc",
+           tries: int = 3) -> str:
+    """The page's DOM once it shows `wait_for` (a cold server answers the first loads slowly: up to `tries`
+    renders of `budget_ms` virtual time each), and then its screenshot, when asked."""
     binary = chromium()
     assert binary, "Chromium is not installed (apt-get install chromium)"
     flags = [binary, "--headless", "--no-sandbox", "--disable-gpu", f"--virtual-time-budget={budget_ms}",
              f"--window-size={WINDOW}"]
     with tempfile.TemporaryDirectory(prefix="optlab-chromium-") as profile:
         flags.append(f"--user-data-dir={profile}")
-        dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180,
-                             check=True).stdout
-        if screenshot is not None:  # second: the server has warmed up, so the charts are drawn in time
+        for _ in range(tries):
+            dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180,
+                                 check=True).stdout
+            if wait_for in dom:
+                break
+        if screenshot is not None:  # after the DOM: the server has warmed up, so the charts are drawn in time
             subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=180, check=True)
         return dom
 
@@ -77,8 +69,6 @@ def tiny_compare(store: str) -> str:
 
 def main(out: str) -> int:
     """Refresh the README's screenshot: a tiny compare, the UI on its store, the printed link rendered."""
-    from servers import free_port  # noqa: PLC0415 - tests/ is on sys.path when run as a script
-
     with tempfile.TemporaryDirectory(prefix="optlab-ui-") as folder:
         store = f"sqlite:///{folder}/mlflow.db"
         link = tiny_compare(store)
@@ -87,7 +77,7 @@ def main(out: str) -> int:
         try:
             render(link.replace("127.0.0.1:5000", f"127.0.0.1:{port}"), Path(out).resolve())
         finally:
-            stop_ui(process)
+            stop_server(process)
     print(f"wrote {out}")
     return 0
 

@@ -38,17 +38,24 @@ def start_server(folder: Path, port: int, backend: str = "sqlite", auth: bool = 
                                env={**os.environ, **settings, **(env or {})}, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-            return process
-        except OSError:
-            time.sleep(0.5)
+    if wait_healthy(process, port):
+        return process
     if process.poll() is None:
         stop_server(process)
     tail = (folder / "server.log").read_text(errors="replace")[-3000:]
     pytest.fail(f"mlflow server did not start (exit {process.poll()}); its log ends:\n{tail}")
+
+
+def wait_healthy(process: subprocess.Popen, port: int, seconds: float = 90) -> bool:
+    """Whether the server on 127.0.0.1:port answers /health within `seconds` (False once it has exited)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
 
 
 def stop_server(process: subprocess.Popen) -> None:

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from browser import chromium, render, start_ui, stop_ui
-from servers import free_port
+from browser import chromium, render, start_ui
+from servers import free_port, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def ui(store_uri):
     port = free_port()
     process = start_ui(store_uri, port)
     yield f"http://127.0.0.1:{port}"
-    stop_ui(process)
+    stop_server(process)
 
 
 def test_the_printed_link_opens_the_sweep_with_its_children_and_a_val_acc_chart(ui, cifar_sweep, tmp_path):
