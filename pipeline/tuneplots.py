@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-import numpy as np
-from matplotlib.figure import Figure
+import matplotlib
 
-from pipeline import plots  # noqa: F401 - selects the headless backend before any figure
-from pipeline.styles import looks
+matplotlib.use("Agg")  # headless, as plots.py: CI, servers and `mlflow run` have no display
+
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from pipeline.styles import looks  # noqa: E402
 
 Band = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x, mean, min, max
 
