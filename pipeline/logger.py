@@ -27,7 +27,8 @@ class RunLogger(Protocol):
     def log_file(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_dataset(self, name: str, features: Any, targets: Any, source: str, digest: str,
                     context: str) -> None: ...
-    def log_model(self, model: Any, input_example: Any, registered_name: str | None = None) -> str: ...
+    def log_model(self, model: Any, input_example: Any, registered_name: str | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> str: ...
     def note_error(self, message: str, tags: Mapping[str, str] | None = None) -> None: ...
 
 
@@ -101,7 +102,8 @@ class MemoryLogger:
         self._call("log_dataset")
         self.datasets.append((name, context))
 
-    def log_model(self, model: Any, input_example: Any, registered_name: str | None = None) -> str:
+    def log_model(self, model: Any, input_example: Any, registered_name: str | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> str:
         self._call("log_model")
         self.artifacts["model"] = model
         return f"memory:/{self.run_id}/model"

@@ -108,3 +108,18 @@ MODELS: dict[str, ModelSpec] = {
 def build_model(name: str, num_classes: int = 10, pretrained: bool = False) -> nn.Module:
     """Build the named model (validated by the config) with num_classes outputs."""
     return MODELS[name].build(num_classes, pretrained)
+
+
+class ImageClassifier(nn.Module):
+    """What gets logged: images as a user has them, uint8 (N, 32, 32, 3) RGB, in; class probabilities (N, classes)
+    out. The normalisation of training lives inside, as buffers, so the model needs nothing from this repository."""
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        return torch.softmax(self.net((x - self.mean) / self.std), dim=1)

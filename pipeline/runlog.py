@@ -17,9 +17,10 @@ import torch
 from pipeline import plots
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import CifarConfig
-from pipeline.data import CIFAR_CLASSES, CifarArrays, normalize
+from pipeline.data import CIFAR_CLASSES, CIFAR_MEAN, CIFAR_STD, CifarArrays
 from pipeline.errors import EXIT_ARTIFACTS, EXIT_DIVERGED, EXIT_OK, one_line
 from pipeline.logger import RunLogger
+from pipeline.models import ImageClassifier
 from pipeline.outbox import Outbox
 from pipeline.tracking.server import is_permanent, is_store_error
 from pipeline.train import FitState
@@ -45,10 +46,14 @@ def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
 
 
 def model_example(arrays: CifarArrays) -> np.ndarray:
-    """Two normalised test images: the logged model's input example. Two, never one, because torch.export
-    fixes a batch dimension of size 1 and the model would then refuse any other batch size."""
+    """Two raw test images, uint8 (2, 32, 32, 3): the logged model's input example. Two, never one, because
+    torch.export fixes a batch dimension of size 1 and the model would then refuse any other batch size."""
     images = arrays.test_x[:2] if len(arrays.test_x) >= 2 else np.repeat(arrays.test_x[:1], 2, axis=0)
-    return normalize(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    return np.ascontiguousarray(images, dtype=np.uint8)
+
+
+MODEL_METADATA = {"classes": list(CIFAR_CLASSES), "input": "uint8 images (N, 32, 32, 3), RGB, 0-255",
+                  "output": "class probabilities (N, 10), in the order of `classes`"}
 
 
 def _upload_and_remove(run: RunLogger, checkpoint: Path) -> None:
@@ -188,8 +193,10 @@ class RunLog:
 
     def _log_model(self, arrays: CifarArrays) -> None:
         cfg = self.cfg
-        model = self.trainer.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
-        uri = self.run.log_model(model, model_example(arrays), cfg.model_name if cfg.register else None)
+        net = self.trainer.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+        model = ImageClassifier(net, CIFAR_MEAN, CIFAR_STD).eval()
+        uri = self.run.log_model(model, model_example(arrays), cfg.model_name if cfg.register else None,
+                                 MODEL_METADATA)
         self.run.set_tags({"model_uri": uri})
 
     def _log_tables(self, confusion: np.ndarray) -> None:

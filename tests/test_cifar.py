@@ -14,7 +14,7 @@ from conftest import (REPO, SHARED_SUBSET, artifact_files, cli, metric_history, 
                       runs_of)
 from pipeline.cifar import build_loaders, build_trainer
 from pipeline.config import build_config
-from pipeline.data import load_cifar10, normalize
+from pipeline.data import CIFAR_CLASSES, load_cifar10
 from pipeline.train import native_bf16
 
 pytestmark = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
@@ -32,15 +32,19 @@ def _run(experiment: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def _check_model_predicts(run, count: int = 5) -> None:
-    """The logged model loads both ways and gives the same (N, 10) logits."""
+    """The logged model loads both ways, takes raw uint8 images and gives the same (N, 10) class probabilities,
+    which are the trained network's softmax over the training normalisation; its metadata names the classes."""
     uri = f"runs:/{run.info.run_id}/model"
     images = load_cifar10(SHARED_SUBSET, download=False, val_limit=count).test_x
-    batch = normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
     with torch.no_grad():
-        torch_logits = mlflow.pytorch.load_model(uri)(batch).numpy()
-    pyfunc_logits = np.asarray(mlflow.pyfunc.load_model(uri).predict(batch.numpy()))
-    assert torch_logits.shape == pyfunc_logits.shape == (count, 10)
-    np.testing.assert_allclose(pyfunc_logits, torch_logits, rtol=1e-5, atol=1e-5)
+        loaded = mlflow.pytorch.load_model(uri)
+        torch_probs = loaded(torch.from_numpy(images)).numpy()
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    pyfunc_probs = np.asarray(pyfunc.predict(images))
+    assert torch_probs.shape == pyfunc_probs.shape == (count, 10)
+    np.testing.assert_allclose(pyfunc_probs, torch_probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pyfunc_probs.sum(1), 1.0, rtol=1e-5)
+    assert pyfunc.metadata.metadata["classes"] == list(CIFAR_CLASSES)
 
 
 def test_run_logs_epoch_metrics_artifacts_inputs_and_a_loadable_model(tracking):
@@ -263,7 +267,7 @@ def test_any_limits_train_and_the_model_takes_any_batch_size(tracking):
     assert run.data.metrics["throughput"] > 0
     predict = mlflow.pyfunc.load_model(run.data.tags["model_uri"]).predict
     for count in (1, 3, 7):
-        assert np.asarray(predict(np.zeros((count, 3, 32, 32), np.float32))).shape == (count, 10)
+        assert np.asarray(predict(np.zeros((count, 32, 32, 3), np.uint8))).shape == (count, 10)
 
 
 # A tiny seeded run's figures, recorded from this code and from main before the restructure (issue 12): a change

@@ -100,9 +100,10 @@ class Run:
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         self.client.log_inputs(self.run_id, datasets=[entity])
 
-    def log_model(self, model: Any, input_example: Any, registered_name: str | None = None) -> str:
-        """Log a torch model as `model` with its signature (from `input_example`), optionally registered under
-        `registered_name`; returns its model URI."""
+    def log_model(self, model: Any, input_example: Any, registered_name: str | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> str:
+        """Log a torch model as `model` with its signature (from `input_example`) and `metadata` (in its MLmodel
+        file), optionally registered under `registered_name`; returns its model URI."""
         import mlflow.pytorch  # noqa: PLC0415 - torch-specific MLflow code, loaded only when a model is logged
 
         requirements = [f"{package}=={version(package)}" for package in ("torch", "torchvision", "mlflow", "numpy")]
@@ -111,7 +112,7 @@ class Run:
         logged = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=self.run_id)
         info = mlflow.pytorch.log_model(model, name="model", input_example=input_example, run_id=self.run_id,
                                         model_id=logged.model_id, pip_requirements=requirements,
-                                        registered_model_name=registered_name)
+                                        registered_model_name=registered_name, metadata=dict(metadata or {}))
         return info.model_uri
 
 

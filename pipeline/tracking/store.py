@@ -84,7 +84,8 @@ def download(run_id: str, artifact_path: str, folder: str | Path) -> Path | None
 
 
 def load_predictor(model_uri: str) -> Callable[[Any], Any]:
-    """A logged model's predict function (float32 NCHW array -> logits), or a UsageError naming the URI."""
+    """A logged model's predict function (uint8 NHWC images -> class probabilities), or a UsageError naming
+    the URI."""
     import mlflow.pyfunc  # noqa: PLC0415
 
     connect()
