@@ -175,12 +175,6 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float().div(255) - mean) / std
 
 
-def to_tensor_normalized(images: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
-    """uint8 NHWC images (numpy or tensor) -> normalised float32 NCHW on device; never augments."""
-    x = torch.as_tensor(images).to(device)
-    return normalize(x.permute(0, 3, 1, 2))
-
-
 def crop_and_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Per image: pad 4 zero pixels, take the 32x32 window at (top, left) in 0..8, then mirror where flip."""
     n = images.shape[0]

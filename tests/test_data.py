@@ -20,7 +20,7 @@ from bench.baselines import torchvision_test_transform, torchvision_train_transf
 from cifar_files import write_cifar_batches
 from pipeline.data import (
     CIFAR_MEAN, CIFAR_STD, CifarLoader, UnofficialDataWarning, augment_batch, crop_and_flip, load_cifar10,
-    normalize, to_tensor_normalized,
+    normalize,
 )
 from pipeline.config import build_config
 from pipeline.errors import UsageError
@@ -339,10 +339,9 @@ def test_cli_refuses_a_protocol_2_hostile_data_dir_with_one_line(tracking, tmp_p
 def test_normalisation_matches_the_torchvision_test_transform_exactly() -> None:
     images = random_images(6)
     want = torch.stack([torchvision_test_transform()(Image.fromarray(image)) for image in images])
-    got = to_tensor_normalized(images)
+    got = normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
     assert got.shape == (6, 3, 32, 32) and got.dtype == torch.float32
     assert torch.equal(got, want)
-    assert torch.equal(to_tensor_normalized(torch.from_numpy(images)), want)
 
 
 def every_crop(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -427,7 +426,7 @@ def test_eval_loader_keeps_order_never_augments_and_keeps_the_last_batch() -> No
     for _ in range(2):
         batches = list(loader)
         assert [len(y) for _, y in batches] == [4, 4, 2]
-        assert torch.equal(torch.cat([x for x, _ in batches]), to_tensor_normalized(images))
+        assert torch.equal(torch.cat([x for x, _ in batches]), normalize(torch.from_numpy(images).permute(0, 3, 1, 2)))
         assert torch.cat([y for _, y in batches]).tolist() == list(range(10))
 
 

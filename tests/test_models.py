@@ -90,3 +90,17 @@ def test_pretrained_offline_is_one_clean_usage_error() -> None:
     with pytest.raises(UsageError, match="pretrained=false") as err:
         build_model("resnet18_imagenet", pretrained=True)
     assert "\n" not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_the_logged_classifier_normalises_as_training_does_and_answers_probabilities():
+    from pipeline.data import CIFAR_MEAN, CIFAR_STD, normalize
+    from pipeline.models import ImageClassifier
+
+    torch.manual_seed(0)
+    net = build_model("tiny_cnn", 10).eval()
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        want = torch.softmax(net(normalize(images.permute(0, 3, 1, 2))), dim=1)
+        got = ImageClassifier(net, CIFAR_MEAN, CIFAR_STD)(images)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got.sum(1), torch.ones(4))
