@@ -158,13 +158,18 @@ def mark_experiment(client: mlflow.MlflowClient, experiment_id: str) -> None:
     wanted = dict(EXPERIMENT_KIND) if tags.get("mlflow.note.content") else \
         {**EXPERIMENT_KIND, "mlflow.note.content": EXPERIMENT_NOTE}
     for key, value in wanted.items():
-        if tags.get(key) == value:
-            continue
-        try:
-            client.set_experiment_tag(experiment_id, key, value)
-        except mlflow.exceptions.MlflowException:  # runs starting together race to set it: one wins, all fine
-            if key not in client.get_experiment(experiment_id).tags:
-                raise
+        if tags.get(key) != value:
+            set_experiment_tag(client, experiment_id, key, value)
+
+
+def set_experiment_tag(client: mlflow.MlflowClient, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag; processes that race to set it (runs starting together, tune commands finishing
+    together) may lose to each other: that is fine once the tag is there."""
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except mlflow.exceptions.MlflowException:
+        if key not in client.get_experiment(experiment_id).tags:
+            raise
 
 
 def _create(client: mlflow.MlflowClient, experiment: str, name: str, tags: Mapping[str, str] | None,

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import mlflow
 
 from pipeline.errors import UsageError, one_line
-from pipeline.tracking.run import experiment_id_for
+from pipeline.tracking.run import experiment_id_for, set_experiment_tag
 from pipeline.tracking.server import connect, tracking_uri
 
 
@@ -129,7 +129,7 @@ def share_sweep_view(experiment_id: str, sweep_id: str, group: tuple[str, str]) 
     state = {"searchFilter": f"tags.{SWEEPS_TAG} LIKE '%{sweep_id}%'", "orderByKey": "attributes.start_time",
              "orderByAsc": False, "useGroupedValuesInCharts": False, "hideEmptyCharts": True,
              "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": group[0], "groupByData": group[1]}]}}
-    connect().set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{sweep_id}", json.dumps(state))
+    set_experiment_tag(connect(), experiment_id, f"{SHARED_VIEW_TAG}{sweep_id}", json.dumps(state))
 
 
 def sweep_link(experiment_id: str, sweep_id: str) -> str:
