@@ -179,7 +179,7 @@ def main(cfg: CompareConfig) -> int:
     run_id, markdown, uri = sweep(cfg)
     print(markdown)
     print(f"compare run {run_id}" + (f"; best model: {uri}" if uri else ""))
-    link = tracking.sweep_link(tracking.fetch_run(run_id, ())["experiment_id"], run_id)
+    link = tracking.sweep_link(run_id)
     print(f"this sweep in the MLflow UI: {link}" + ("" if tracking.tracking_uri().startswith("http") else
                                                   " (after `make ui`)"))
     return EXIT_OK

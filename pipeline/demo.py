@@ -51,5 +51,5 @@ def main(data_dir: str | None = None) -> int:
     print("\n".join(f"  {line}" for line in lines))
     print(where_to_look(toy.experiment))
     for what, view in views:
-        print(f"  the {what}: {tracking.sweep_link(tracking.fetch_run(view, ())['experiment_id'], view)}")
+        print(f"  the {what}: {tracking.sweep_link(view)}")
     return EXIT_OK

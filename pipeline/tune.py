@@ -160,7 +160,7 @@ def main(cfg: TuneConfig) -> int:
     print("\n".join(lines))
     print(f"tune run {run_id}")
     local = "" if tracking.tracking_uri().startswith("http") else " (after `make ui`)"
-    link = tracking.sweep_link(tracking.fetch_run(run_id, ())["experiment_id"], run_id)
+    link = tracking.sweep_link(run_id)
     print(f"this tune in the MLflow UI: {link}{local}")
     return EXIT_OK
 

@@ -53,6 +53,11 @@ class StudyResult:
     def seed_scores(self) -> list[float]:
         return [t.value for t in self.seeds if t.state == "complete" and t.value is not None]
 
+    @property
+    def seed_stats(self) -> tuple[float, float]:
+        """Mean and sample sd of the seed reruns' scores."""
+        return mean_sd(self.seed_scores)
+
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value, NaN for none)."""
@@ -63,7 +68,7 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 def row(result: StudyResult) -> dict[str, Any]:
     """One line of tuned.csv / tuned.md."""
-    best, (mean, sd) = result.best, mean_sd(result.seed_scores)
+    best, (mean, sd) = result.best, result.seed_stats
     times = sorted(result.time_to_target)
     return {"optimizer": result.optimizer, "workload": result.workload, "default_lr": result.default_lr,
             "default_score": result.default.value if result.default and result.default.value is not None
@@ -82,7 +87,7 @@ def row(result: StudyResult) -> dict[str, Any]:
 def rows(results: Sequence[StudyResult]) -> list[dict[str, Any]]:
     """The tuned table, per workload, best seed mean first."""
     def order(r: StudyResult) -> tuple:
-        mean = mean_sd(r.seed_scores)[0]
+        mean = r.seed_stats[0]
         key = (-mean if r.maximize else mean) if math.isfinite(mean) else math.inf
         return r.workload, key
     return [row(r) for r in sorted(results, key=order)]
@@ -99,10 +104,10 @@ def winners(results: Sequence[StudyResult]) -> dict[str, tuple[str, str, list[st
         def by(value: float | None) -> float:
             return sign * value if value is not None and math.isfinite(value) else math.inf
         default = min(here, key=lambda r: by(r.default.value if r.default else None))
-        tuned = min(here, key=lambda r: by(mean_sd(r.seed_scores)[0]))
-        best_mean, best_sd = mean_sd(tuned.seed_scores)
+        tuned = min(here, key=lambda r: by(r.seed_stats[0]))
+        best_mean, best_sd = tuned.seed_stats
         close = [r.optimizer for r in here if r is not tuned and
-                 abs(mean_sd(r.seed_scores)[0] - best_mean) <= max(best_sd, mean_sd(r.seed_scores)[1])]
+                 abs(r.seed_stats[0] - best_mean) <= max(best_sd, r.seed_stats[1])]
         found[workload] = (default.optimizer, tuned.optimizer, close)
     return found
 
@@ -131,7 +136,7 @@ def costs(results: Sequence[StudyResult], floor: float) -> dict[str, dict[str, f
     `floor` (gaps below it count as equal), or the cifar error rate 1 - val_acc (seed means)."""
     table: dict[str, dict[str, float]] = {}
     for r in results:
-        mean = mean_sd(r.seed_scores)[0]
+        mean = r.seed_stats[0]
         cost = (1.0 - mean) if r.maximize else mean
         table.setdefault(r.optimizer, {})[r.workload] = max(cost, floor) if math.isfinite(cost) else math.inf
     return table
@@ -162,7 +167,7 @@ def headline(results: Sequence[StudyResult]) -> dict[str, float]:
     workloads = list(dict.fromkeys(r.workload for r in results))
     found: dict[str, float] = {"optimizers": float(len({r.optimizer for r in results}))}
     for workload in workloads:
-        means = [mean_sd(r.seed_scores)[0] for r in results if r.workload == workload]
+        means = [r.seed_stats[0] for r in results if r.workload == workload]
         means = [m for m in means if math.isfinite(m)]
         if means:
             key = "best_score_mean" if len(workloads) == 1 else f"best_score_mean/{workload}"

@@ -132,8 +132,9 @@ def share_sweep_view(experiment_id: str, sweep_id: str, group: tuple[str, str]) 
     set_experiment_tag(connect(), experiment_id, f"{SHARED_VIEW_TAG}{sweep_id}", json.dumps(state))
 
 
-def sweep_link(experiment_id: str, sweep_id: str) -> str:
+def sweep_link(sweep_id: str) -> str:
     """A UI link that opens the sweep's shared view (share_sweep_view) in the model-training mode, as charts."""
+    experiment_id = connect().get_run(sweep_id).info.experiment_id
     uri = tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
     return (f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={sweep_id}&compareRunsMode=CHART"
