@@ -272,7 +272,9 @@ def test_any_limits_train_and_the_model_takes_any_batch_size(tracking):
 
 # A tiny seeded run's figures, recorded from this code and from main before the restructure (issue 12): a change
 # in numerics (data order, augmentation, initial weights, the loop, the optimizer) fails here. fp32 (bf16=false)
-# so that CPUs with and without native bf16 agree.
+# so that CPUs with and without native bf16 agree. Two hosts of the same CPU model (AMD EPYC, family 25 model 17)
+# agree exactly on epoch 1 and by 2.1e-4 relative on epoch 2 (oneDNN's float sums run in another order; one thread
+# or two): rtol 1e-3 absorbs that, while a changed seed, order, crop or update moves these figures by 1e-2 or more.
 PINNED = {"train_loss": [2.2465426921844482, 2.1031227111816406], "val_loss": [2.31713604927063, 2.160336494445801],
           "train_acc": [0.14453125, 0.20703125], "val_acc": [0.1171875, 0.2109375]}
 
@@ -289,7 +291,7 @@ def test_a_tiny_seeded_run_gives_the_pinned_figures(tracking):
     for key, expected in PINNED.items():
         steps, values = metric_history(tracking, run.info.run_id, key)
         assert steps == [1, 2]
-        torch.testing.assert_close(torch.tensor(values), torch.tensor(expected, dtype=torch.float64), rtol=1e-5,
+        torch.testing.assert_close(torch.tensor(values), torch.tensor(expected, dtype=torch.float64), rtol=1e-3,
                                    atol=1e-6, msg=key)
 
 
