@@ -21,9 +21,10 @@ from pipeline.optimizers import build_optimizer
 from pipeline.provenance import code_version, config_hash
 from pipeline.runlog import RunLog
 from pipeline.schedulers import build_scheduler
-from pipeline.train import FitState, Member, Precision, fit
+from pipeline.train import FitState, Member, Precision, fit, schedule_free
 
 CHECKPOINT = f"checkpoints/{FILE_NAME}"
+BN_SAMPLE = 4096  # training images a schedule-free run measures BatchNorm statistics on, before each evaluation
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,10 +56,16 @@ class Trainer:
     val_batches: CifarLoader
     precision: Precision
     forward: torch.nn.Module | None = None  # torch.compile'd model when compile=true; shares the parameters
+    bn_batches: CifarLoader | None = None  # schedule-free only: fixed training images for BatchNorm statistics
 
     def member(self) -> Member:
         """The model as train.py steps it: compiled when asked for, same parameters either way."""
         return Member(self.forward or self.model, self.optimizer, self.scheduler)
+
+    def split_params(self) -> dict[str, str]:
+        """Params saying which parameters went to which part of a split optimizer (Muon: muon_tensors, ...)."""
+        counts = getattr(self.optimizer, "counts", None)
+        return {key: str(value) for key, value in counts().items()} if callable(counts) else {}
 
 
 def build_loaders(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -> tuple[CifarLoader, CifarLoader]:
@@ -78,7 +85,8 @@ def build_trainer(cfg: CifarConfig, loaders: tuple[CifarLoader, CifarLoader], de
     train, val = loaders
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * len(train))
     forward = torch.compile(model) if cfg.compile else None
-    return Trainer(model, optimizer, scheduler, train, val, precision, forward)
+    bn = train.sample(BN_SAMPLE) if schedule_free(optimizer) else None
+    return Trainer(model, optimizer, scheduler, train, val, precision, forward, bn)
 
 
 def start_info(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
@@ -157,10 +165,11 @@ def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, paren
         hooks.opened(run)
         trainer = build_trainer(cfg, loaders, device)
         log = RunLog(cfg, run, trainer, Path(scratch))
-        log.begin(params, arrays)
+        log.begin({**params, **trainer.split_params()}, arrays)
         state = _restore(log, trainer, run.run_id, scratch) if cfg.resume else None
         (state,) = fit([trainer.member()], trainer.train_batches, trainer.val_batches, cfg.epochs,
-                       trainer.precision, cfg.target_acc, [_epoch_callback(log, hooks)], [state] if state else None)
+                       trainer.precision, cfg.target_acc, [_epoch_callback(log, hooks)], [state] if state else None,
+                       bn_batches=trainer.bn_batches)
         code = log.finish(state, arrays)
         if code != EXIT_OK:
             run.fail()
@@ -189,9 +198,10 @@ def run_lockstep(cfgs: list[CifarConfig], arrays: CifarArrays, device: torch.dev
             runs.append(children.enter_context(tracking.open_run(
                 cfg.experiment, f"{cfg.optimizer}-{cfg.model}", {**tags, "lockstep": "true"}, parent=parent)))
             logs.append(RunLog(cfg, runs[-1], trainer, Path(scratch) / runs[-1].run_id))
-            logs[-1].begin(params, arrays)
+            logs[-1].begin({**params, **trainer.split_params()}, arrays)
+        bn = next((t.bn_batches for t in trainers if t.bn_batches is not None), None)  # one sample serves all
         states = fit([t.member() for t in trainers], loaders[0], loaders[1], cfgs[0].epochs, trainers[0].precision,
-                     cfgs[0].target_acc, [log.on_epoch for log in logs])
+                     cfgs[0].target_acc, [log.on_epoch for log in logs], bn_batches=bn)
         outcomes = []
         for run, log, state in zip(runs, logs, states):
             if (code := log.finish(state, arrays)) != EXIT_OK:

@@ -43,8 +43,13 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
 def listing(name: str) -> str:
     """The registry `name` as aligned text, one entry a line."""
     if name == "optimizers":
-        from pipeline.optimizers import OPTIMIZERS
-        return "\n".join(f"{spec.name:<10} lr {spec.default_lr:<7g} {spec.summary}" for spec in OPTIMIZERS.values())
+        from pipeline.optimizers import OPTIMIZERS, SET_NAMES
+
+        rows = [f"{spec.name:<10} lr {spec.default_lr:<7g} {spec.source:<46} {spec.summary} ({spec.paper})"
+                + ("; cifar only" if spec.toy else "") for spec in OPTIMIZERS.values()]
+        return "\n".join([*rows, f"sets (compare, tune: optimizers=...): {', '.join(SET_NAMES)}",
+                          "any other by name: torch:<Class> (torch.optim), pytorch_optimizer:<name>, "
+                          "schedulefree:<Class>"])
     from pipeline.functions import FUNCTIONS
     return "\n".join(f"{fn.name:<11} minimum {fn.f_min:g} at {', '.join(map(str, fn.minima))}  {fn.title}"
                      for fn in FUNCTIONS.values())

@@ -15,7 +15,7 @@ import yaml
 from pipeline.errors import UsageError
 from pipeline.values import UNSET, coerce, parse_point, require, short
 from pipeline.functions import get_function
-from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, TUNABLE, OptimizerSettings, get_spec, optimizer_names
+from pipeline.optimizers import SET_NAMES, TUNABLE, OptimizerSettings, check_runs, get_spec, named_set, optimizer_names
 from pipeline.schedulers import SCHEDULERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ class ToyConfig:
 
     def __post_init__(self) -> None:
         get_function(self.function)
-        self.optimizer_settings  # noqa: B018 - validates the optimizer and its settings, once
+        check_runs(self.optimizer_settings, "toy")
         require(1 <= self.steps <= MAX_STEPS, "steps", self.steps, f"an integer in [1, {MAX_STEPS}]")
         require(self.tolerance >= 0, "tolerance", self.tolerance, "a number >= 0")
         require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
@@ -99,11 +99,13 @@ class CifarConfig:
     def __post_init__(self) -> None:
         from pipeline.models import MODELS  # torchvision loads lazily: only cifar configs need it
 
-        self.optimizer_settings  # noqa: B018 - validates the optimizer and its settings, once
+        check_runs(self.optimizer_settings, "cifar")
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             require(value is None or value <= MAX_CIFAR_LR, name, value, f"a number <= {MAX_CIFAR_LR:g}")
         require(self.scheduler in SCHEDULERS, "scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}")
+        require(self.scheduler == "none" or not self.optimizer_settings.spec.schedule_free, "scheduler",
+                self.scheduler, f"none for {self.optimizer} (schedule-free: it replaces the schedule by averaging)")
         require(self.model in MODELS, "model", self.model, f"one of {', '.join(MODELS)}")
         if self.pretrained and not MODELS[self.model].has_pretrained:
             with_weights = ", ".join(name for name, spec in MODELS.items() if spec.has_pretrained)
@@ -145,7 +147,6 @@ class PredictConfig:
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _check_experiment(self.experiment)
 
-
 TASKS = ("toy", "cifar")
 
 
@@ -154,7 +155,7 @@ class CompareConfig:
     """A sweep: one child run of `task` per optimizer, under one parent run."""
 
     task: str  # toy | cifar
-    optimizers: str  # comma list, or "default"
+    optimizers: str  # comma list of names and sets (default, notebook, modern, all)
     rerun: bool  # train again even where a finished run with the same config and code exists
     from_runs: str  # a compare run id or an experiment name: redraw from stored runs, train nothing
     lockstep: bool  # cifar: train all children in one process on the very same batches
@@ -175,13 +176,16 @@ class CompareConfig:
 
 
 def optimizer_list(text: str, task: str) -> list[str]:
-    """A sweep's `optimizers` param: a comma list, validated, without repeats, in the order given; "default" is
-    every registered optimizer (toy) or the notebook's seven plus nesterov (cifar)."""
-    if text.strip() in ("", "default"):
-        return list(NOTEBOOK_OPTIMIZERS) + ["nesterov"] if task == "cifar" else optimizer_names()
-    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    """A sweep's `optimizers` param: a comma list of names and set names, validated, without repeats, in the order
+    given. Sets: default (toy: every registered optimizer that runs on a 2-D point; cifar: notebook), notebook (its
+    seven plus nesterov), modern (today's, with adamw and nesterov as references), all."""
+    parts = [part.strip() for part in (text.strip() or "default").split(",") if part.strip()]
+    names = list(dict.fromkeys(name for part in parts for name in named_set(part, task) or [part]))
     for name in names:
-        get_spec(name)
+        try:
+            get_spec(name)
+        except UsageError as error:
+            raise UsageError(f"optimizers: {error}; or a set: {', '.join(SET_NAMES)}") from None
     return names
 
 

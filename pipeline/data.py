@@ -241,6 +241,15 @@ class CifarLoader:
         self._order_rng.set_state(state["order"])
         self._augment_rng.set_state(state["augment"])
 
+    def sample(self, count: int) -> CifarLoader:
+        """The first `count` images in stored order, never augmented, as an evaluation loader on the same device:
+        a fixed sample of the training set (for BatchNorm statistics). `count` is cut to whole batches, so that
+        no batch of one image reaches a model in training mode."""
+        count = min(count, len(self.labels))
+        count = max(count - count % self.batch_size, min(count, self.batch_size))
+        return CifarLoader(self.images[:count].permute(0, 2, 3, 1), self.labels[:count], self.batch_size, train=False,
+                           device=self.images.device)
+
     def __len__(self) -> int:
         """Batches per epoch. Training drops a last batch of a single image: BatchNorm cannot normalise one
         value per channel (resnet18_imagenet's last blocks are 1x1), and one image is no gradient estimate."""

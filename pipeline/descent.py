@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.functions import Function2D
-from pipeline.optimizers import OptimizerSettings, build_optimizer
+from pipeline.optimizers import OptimizerSettings, build_optimizer, set_mode
 
 
 @dataclass(frozen=True)
@@ -98,18 +98,40 @@ def _compiled_evaluator(fn: Function2D) -> Callable[..., torch.Tensor]:
     return torch.compile(evaluate, dynamic=False)
 
 
+class _Points:
+    """The N points an optimizer moves. An element-wise optimizer gets them as one (2, N) tensor (N independent
+    runs in one); any other (Adafactor's update scaled to the tensor's RMS, SOAP, Shampoo, library classes) gets
+    one (2,) tensor per point, so that no point's update depends on another's."""
+
+    def __init__(self, settings: OptimizerSettings, starts: torch.Tensor) -> None:
+        self.shared = settings.spec.elementwise
+        self.params = [torch.nn.Parameter(starts.detach().T.contiguous())] if self.shared else \
+            [torch.nn.Parameter(row.clone()) for row in starts.detach()]
+
+    def gather(self) -> torch.Tensor:
+        """The points as one (2, N) tensor."""
+        return self.params[0].detach() if self.shared else torch.stack([p.detach() for p in self.params], 1)
+
+    def scatter(self, grad: torch.Tensor) -> None:
+        """Hand each parameter its part of the (2, N) gradient."""
+        if self.shared:
+            self.params[0].grad = grad
+        else:
+            for param, row in zip(self.params, grad.T.contiguous()):
+                param.grad = row
+
+
 def run_descent(fn: Function2D, optimizer: OptimizerSettings, starts: torch.Tensor, steps: int, tolerance: float,
                 compiled: bool = False) -> Trajectory:
-    """Descend from each row of `starts` (N, 2) until all converge or diverge, or `steps` run out.
-
-    The points share one parameter tensor; every registered optimizer is element-wise, so this equals N
-    independent runs. The record ends at the step where the last point converged or diverged.
+    """Descend from each row of `starts` (N, 2) until all converge or diverge, or `steps` run out: N independent
+    runs (see _Points). The record ends at the step where the last point converged or diverged.
     `compiled=True` runs the function and its gradient through torch.compile: it pays a compile of a few
     seconds once per function and shape, then steps 2-3x faster (worth it from some 10^7 point-steps).
     """
     count, dtype, device = starts.shape[0], starts.dtype, starts.device
-    point = torch.nn.Parameter(starts.detach().T.contiguous())  # (2, N)
-    opt = build_optimizer(optimizer, [point])
+    points = _Points(optimizer, starts)
+    opt = build_optimizer(optimizer, points.params)
+    set_mode(opt, training=True)  # schedule-free: gradients at its y sequence; other optimizers have no modes
     evaluate = _compiled_evaluator(fn) if compiled else _evaluator(fn)
     positions = torch.empty(steps + 1, 2, count, dtype=dtype, device=device)
     losses = torch.empty(steps + 1, count, dtype=dtype, device=device)
@@ -118,7 +140,7 @@ def run_descent(fn: Function2D, optimizer: OptimizerSettings, starts: torch.Tens
     checked = stop = 0
     for stop in range(steps + 1):
         with torch.no_grad():
-            point.grad = evaluate(point.detach(), positions[stop], losses[stop], grad_norms[stop])
+            points.scatter(evaluate(points.gather(), positions[stop], losses[stop], grad_norms[stop]))
         if stop == steps or (stop + 1 - checked) >= CHECK_EVERY:
             window = losses[checked: stop + 1]
             done |= (~torch.isfinite(window) | (window - fn.f_min <= tolerance)).any(0)

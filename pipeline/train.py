@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.optimizers import set_mode
+
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -100,6 +102,7 @@ def train_epoch(members: list[Member], batches: Batches, precision: Precision, t
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     for member in members:
         member.model.train()  # every epoch: evaluate() leaves the model in eval mode
+        set_mode(member.optimizer, training=True)  # schedule-free: back to the point where gradients are taken
     sums = [[torch.zeros((), device=precision.device), torch.zeros((), device=precision.device,
                                                                    dtype=torch.long)] for _ in members]
     seen = 0
@@ -151,6 +154,38 @@ def evaluate(model: nn.Module, batches: Batches, precision: Precision, num_class
              "eval_time": seconds}, confusion)
 
 
+def schedule_free(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer keeps separate training and evaluation weights (train() / eval())."""
+    return callable(getattr(optimizer, "eval", None))
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, batches: Batches, precision: Precision) -> None:
+    """BatchNorm running statistics measured afresh at the model's current weights: reset, then an exact average
+    over `batches` (momentum None) in training mode, with no step taken."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    for images, _ in batches:
+        model(precision.prepare(images))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+def evaluation_weights(member: Member, bn_batches: Batches | None, precision: Precision) -> None:
+    """Put the weights that are evaluated (and checkpointed, and logged) in the model. For a schedule-free
+    optimizer these are its averaged weights x, whose BatchNorm statistics must be measured again: the running
+    ones were gathered at the other sequence y (the schedulefree README's recipe). Others: nothing to do."""
+    if not schedule_free(member.optimizer):
+        return
+    set_mode(member.optimizer, training=False)
+    if bn_batches is not None:
+        recompute_batchnorm(member.model, bn_batches, precision)
+
+
 class StopTraining(Exception):
     """Raised by an epoch callback to end that member's training after this epoch (e.g. a pruned trial)."""
 
@@ -183,10 +218,11 @@ def _record(state: FitState, epoch: int, metrics: dict[str, float], target_acc: 
 
 def fit(members: list[Member], train_batches: Batches, val_batches: Batches, epochs: int, precision: Precision,
         target_acc: float, callbacks: list[EpochCallback], states: list[FitState] | None = None,
-        show_progress: bool | None = None) -> list[FitState]:
+        show_progress: bool | None = None, bn_batches: Batches | None = None) -> list[FitState]:
     """Train every member (one, or several in lockstep) on the very same batches until `epochs`, continuing
     from `states`; a member whose loss turns non-finite stops (its state says why) while the others go on.
-    Each member's callback gets every epoch it finishes, and may raise StopTraining to end that member there."""
+    Each member's callback gets every epoch it finishes, and may raise StopTraining to end that member there.
+    `bn_batches`: fixed training images for schedule-free members' BatchNorm statistics (evaluation_weights)."""
     states = states or [FitState() for _ in members]
     for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
         active = [i for i, s in enumerate(states) if not (s.diverged or s.stopped) and s.epoch < epoch]
@@ -198,6 +234,7 @@ def fit(members: list[Member], train_batches: Batches, val_batches: Batches, epo
             if not math.isfinite(metrics["train_loss"]):
                 states[index].diverged = f"train_loss is {metrics['train_loss']} in epoch {epoch}"
                 continue
+            evaluation_weights(members[index], bn_batches, precision)
             val_metrics, confusion = evaluate(members[index].model, val_batches, precision,
                                               total=len(val_batches), show_progress=show_progress)
             metrics.update(val_metrics)

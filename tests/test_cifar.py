@@ -295,11 +295,18 @@ def test_a_tiny_seeded_run_gives_the_pinned_figures(tracking):
                                    atol=1e-6, msg=key)
 
 
-def test_a_scheduled_run_resumed_after_a_crash_equals_an_uninterrupted_one(tracking):
+# Optimizers whose state is more than moments: a schedule (onecycle), Schedule-Free AdamW (saved in eval mode,
+# BatchNorm statistics measured at its averaged weights), Muon (two optimizers in one, conv kernels as matrices).
+SCHEDULED = {"momentum": ("--lr", "0.05", "--scheduler", "onecycle"), "sfadamw": ("--lr", "0.01"),
+           "muon": ("--lr", "0.01", "--scheduler", "cosine")}
+
+
+@pytest.mark.parametrize("optimizer", list(SCHEDULED))
+def test_a_scheduled_run_resumed_after_a_crash_equals_an_uninterrupted_one(tracking, optimizer):
     from pipeline import cli
 
-    args = ("--optimizer", "momentum", "--lr", "0.05", "--scheduler", "onecycle", "--epochs", "3", "--train_limit",
-            "256", "--val_limit", "32", "--checkpoint_every_s", "0", "--log_model", "false", "--bf16", "false")
+    args = ("--optimizer", optimizer, *SCHEDULED[optimizer], "--epochs", "3", "--train_limit", "256", "--val_limit",
+            "32", "--checkpoint_every_s", "0", "--log_model", "false", "--bf16", "false")
     straight, crashed = new_experiment(), new_experiment()
     assert cli.main(["cifar", *QUICK, *args, "--experiment", straight]) == 0
     (expected,) = runs_of(tracking, straight)
@@ -315,10 +322,28 @@ def test_a_scheduled_run_resumed_after_a_crash_equals_an_uninterrupted_one(track
     assert cli.main(["cifar", *QUICK, *args, "--experiment", crashed, "--resume", "true"]) == 0
     (resumed,) = runs_of(tracking, crashed)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
-    for key in ("lr", "train_loss", "val_acc"):
+    for key in ("lr", "train_loss", "val_acc", "val_loss"):
         steps, values = metric_history(tracking, resumed.info.run_id, key)
         want_steps, want = metric_history(tracking, expected.info.run_id, key)
         assert steps == want_steps == [1, 2, 3], key
         np.testing.assert_allclose(values, want, rtol=1e-6, err_msg=key)
     lrs = metric_history(tracking, resumed.info.run_id, "lr")[1]
-    assert lrs[0] > lrs[-1] and lrs[-1] < 0.05 / 100  # onecycle really ran: it anneals far below its peak
+    if "--scheduler" in SCHEDULED[optimizer]:
+        assert lrs[0] > lrs[-1] and lrs[-1] < 0.01 / 10  # the schedule really ran: it anneals far below its peak
+    if optimizer == "muon":
+        assert int(resumed.data.params["muon_tensors"]) == 1 and int(resumed.data.params["adamw_tensors"]) == 7
+
+
+def test_a_schedule_free_run_logs_the_model_it_evaluated(tracking):
+    """Schedule-Free AdamW: the logged model is the averaged weights with BatchNorm statistics measured at them,
+    so its accuracy on the test images is the run's logged val_acc."""
+    experiment = new_experiment()
+    result = _run(experiment, "--optimizer", "sfadamw", "--lr", "0.01", "--epochs", "2", "--train_limit", "512",
+                  "--val_limit", "200", "--bf16", "false")
+    assert result.returncode == 0, result.stderr
+    (run,) = runs_of(tracking, experiment)
+    arrays = load_cifar10(SHARED_SUBSET, download=False, train_limit=1, val_limit=200)
+    with torch.no_grad():
+        probs = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")(torch.from_numpy(arrays.test_x))
+    accuracy = float((probs.argmax(1).numpy() == arrays.test_y).mean())
+    assert accuracy == run.data.metrics["val_acc"] > 0.1

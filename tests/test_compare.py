@@ -131,6 +131,31 @@ def test_cifar_sweep_as_in_the_issue(tracking, cifar_sweep):
     assert version.run_id == best.info.run_id
 
 
+@pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason="needs the real CIFAR-10 subset")
+def test_the_modern_set_compares_on_cifar_every_child_finished_with_finite_metrics(tracking):
+    """Issue 15: optimizers=modern (Muon, Lion, Schedule-Free AdamW, SOAP, Shampoo, NAdamW, Adafactor, with AdamW
+    and Nesterov as references) on a small limit of the real subset, on CPU."""
+    import numpy as np
+
+    experiment = new_experiment()
+    done = cli("compare", "--task", "cifar", "--optimizers", "modern", "--model", "tiny_cnn", "--data_dir",
+               str(SHARED_SUBSET), "--train_limit", "256", "--val_limit", "128", "--epochs", "2", "--log_model",
+               "false", "--system_metrics", "false", "--experiment", experiment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (parent,) = [r for r in runs_of(tracking, experiment) if r.data.tags.get("task") == "compare"]
+    children = {c.data.params["optimizer"]: c for c in _children(tracking, parent.info.run_id, experiment)}
+    assert list(children) == ["nesterov", "adamw", "shampoo", "soap", "sfadamw", "lion", "muon", "adafactor",
+                              "nadamw"]  # newest first
+    for name, child in children.items():
+        assert child.info.status == "FINISHED", name
+        assert metric_history(tracking, child.info.run_id, "val_acc")[0] == [1, 2], name
+        assert all(np.isfinite(value) for value in child.data.metrics.values()), name
+    muon = children["muon"].data.params
+    assert (muon["muon_tensors"], muon["muon_numel"], muon["adamw_tensors"]) == ("1", "4608", "7")
+    assert children["sfadamw"].data.params["scheduler"] == "none"
+    assert {row["optimizer"] for row in _summary(parent.info.run_id)} == set(children)
+
+
 def test_the_parent_records_which_children_got_a_setting_only_some_take():
     from pipeline.config import build_compare
     from pipeline.compare import shared_params

@@ -17,7 +17,8 @@ LAYERS = [
     {"runlog"},
     {"tracking", "plots", "tuneplots", "summary", "tuned", "logger", "outbox", "search", "scores", "styles"},
     {"descent", "train", "checkpoint"},
-    {"optimizers", "schedulers", "functions", "models", "data", "images", "safe_pickle", "reference"},
+    {"optimizers", "optimizer_libraries", "muon", "schedulers", "functions", "models", "data", "images",
+     "safe_pickle", "reference"},
     {"config", "tune_config", "provenance", "values", "errors"},
 ]
 REGISTRIES = {"optimizers", "schedulers", "functions", "models"}  # config validates names against them (allowed)

@@ -10,9 +10,10 @@ import torch
 
 from pipeline.data import CifarLoader
 from pipeline.models import build_model
-from pipeline.optimizers import OptimizerSettings, build_optimizer
+from pipeline.optimizers import OptimizerSettings, build_optimizer, set_mode
 from pipeline.schedulers import SCHEDULERS, build_scheduler
-from pipeline.train import FitState, Member, Precision, evaluate, fit, native_bf16, train_epoch
+from pipeline.train import (FitState, Member, Precision, evaluate, fit, native_bf16, recompute_batchnorm,
+                            train_epoch)
 
 CPU = Precision(torch.device("cpu"))
 
@@ -162,3 +163,37 @@ def test_bf16_autocasts_training_where_native_and_evaluation_stays_fp32():
     train_epoch([Member(model, _opt("adam", model))], train, bf16)
     (plain, plain_confusion), (mixed, mixed_confusion) = evaluate(model, val, CPU), evaluate(model, val, bf16)
     assert plain["val_loss"] == mixed["val_loss"] and torch.equal(plain_confusion, mixed_confusion)
+
+
+def test_batchnorm_statistics_are_measured_afresh_at_the_current_weights():
+    model = _model()
+    norm = model[0][1]
+    norm.running_mean.fill_(5.0)  # stale: gathered at other weights
+    sample = _loaders()[0].sample(48)
+    weights = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        features = [model[0][0](images) for images, _ in sample]
+    recompute_batchnorm(model, sample, CPU)
+    assert len(features) == 3  # 48 images in batches of 16, never augmented
+    torch.testing.assert_close(norm.running_mean, torch.cat(features).mean((0, 2, 3)))
+    torch.testing.assert_close(norm.running_var, torch.stack([f.var((0, 2, 3)) for f in features]).mean(0))
+    assert norm.momentum == 0.1 and all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+def test_a_schedule_free_member_is_evaluated_at_its_averaged_weights_with_fresh_batchnorm_statistics():
+    model = _model()
+    train, val = _loaders()
+    opt = _opt("sfadamw", model, lr=0.01)
+    logged = []
+    fit([Member(model, opt)], train, val, 2, CPU, 1.0, [lambda epoch, metrics, *_: logged.append(metrics)],
+        bn_batches=train.sample(48))
+    assert not opt.param_groups[0]["train_mode"]  # ended in eval mode: the averaged weights x are in the model
+    again, _ = evaluate(model, val, CPU)
+    assert again["val_loss"] == logged[-1]["val_loss"]  # what was evaluated (and logged, and checkpointed)
+    norm = model[0][1]
+    measured = norm.running_mean.clone()
+    recompute_batchnorm(model, train.sample(48), CPU)
+    torch.testing.assert_close(norm.running_mean, measured, rtol=0, atol=0)  # measured at x, not y
+    x = [p.detach().clone() for p in model.parameters()]
+    set_mode(opt, training=True)
+    assert any(not torch.equal(a, b) for a, b in zip(x, model.parameters()))  # y differs from x

@@ -188,10 +188,11 @@ def test_a_storage_that_cannot_be_opened_is_one_line(tracking, tmp_path):
 
 
 def test_a_cifar_tune_with_hyperband_counts_pruned_trials_and_logs_the_same_report(tracking, store_uri):
+    """The issue 15 line too: Muon, Schedule-Free AdamW and AdamW tuned on cifar, every run FINISHED."""
     from conftest import SHARED_SUBSET
 
     experiment, k = new_experiment(), 3
-    done = cli("tune", "--task", "cifar", "--optimizers", "adam,momentum", "--trials", str(k), "--seeds", "2",
+    done = cli("tune", "--task", "cifar", "--optimizers", "muon,sfadamw,adamw", "--trials", str(k), "--seeds", "2",
                "--model", "tiny_cnn", "--data_dir", str(SHARED_SUBSET), "--train_limit", "256", "--val_limit", "128",
                "--epochs", "3", "--pruner", "hyperband", "--log_model", "false", "--system_metrics", "false",
                "--experiment", experiment)
@@ -206,6 +207,8 @@ def test_a_cifar_tune_with_hyperband_counts_pruned_trials_and_logs_the_same_repo
         assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == k
     for run in _by_role(runs, "trial") + _by_role(runs, "seed"):  # ordinary cifar runs
         assert run.data.tags["task"] == "cifar" and "val_acc" in run.data.metrics and run.info.status == "FINISHED"
+        assert all(np.isfinite(value) for value in run.data.metrics.values())
+    assert {r.data.params["optimizer"] for r in _by_role(runs, "seed")} == {"muon", "sfadamw", "adamw"}
     pruned = [r for r in _by_role(runs, "trial") if r.data.tags.get("stopped_early") == "true"]
     assert all(int(tracking.get_metric_history(r.info.run_id, "val_acc")[-1].step) < 3 for r in pruned)
     for child in _by_role(runs, "optimizer"):
