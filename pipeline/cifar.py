@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline import tracking
+from pipeline import distributed, launch, tracking
 from pipeline.checkpoint import FILE_NAME, restore_checkpoint
-from pipeline.config import CifarConfig, logged_params
+from pipeline.config import CifarConfig, as_params, logged_params
 from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10
-from pipeline.errors import EXIT_OK, UsageError
+from pipeline.distributed import SINGLE, ShardedBatches, World
+from pipeline.errors import EXIT_DIVERGED, EXIT_OK, UsageError
 from pipeline.logger import RunHooks
 from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer
@@ -27,19 +28,26 @@ CHECKPOINT = f"checkpoints/{FILE_NAME}"
 BN_SAMPLE = 4096  # training images a schedule-free run measures BatchNorm statistics on, before each evaluation
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; asking for cuda without one is a usage error."""
+def resolve_device(name: str, world: World = SINGLE, nproc: int = 1) -> torch.device:
+    """auto -> cuda when available, else cpu; asking for cuda without one is a usage error. Each process of a
+    multi-process job takes the GPU of its local rank, so a machine needs a GPU per process."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("device: cuda was asked for but torch sees no CUDA device; use device=auto or cpu")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        if max(nproc, world.local_rank + 1) > torch.cuda.device_count():
+            raise UsageError(f"nproc: {max(nproc, world.local_rank + 1)} processes need as many GPUs; torch sees "
+                             f"{torch.cuda.device_count()} (set nproc, or device=cpu)")
+        return torch.device("cuda", world.local_rank) if world.size > 1 or nproc > 1 else torch.device("cuda")
+    return torch.device("cpu")
 
 
-def load_data(cfg: CifarConfig) -> CifarArrays:
-    """The data, before any run starts: a missing folder is a usage error; unofficial files a one-line warning."""
+def load_data(cfg: CifarConfig, quiet: bool = False) -> CifarArrays:
+    """The data, before any run starts: a missing folder is a usage error; unofficial files a one-line warning
+    (not repeated by every process of a job: `quiet`)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnofficialDataWarning)
         arrays = load_cifar10(cfg.data_dir, cfg.download, cfg.train_limit, cfg.val_limit)
-    for warning in caught:
+    for warning in caught if not quiet else ():
         print(f"warning: {warning.message}; using it anyway ({len(arrays.train_y)} train, "
               f"{len(arrays.test_y)} test images)")
     return arrays
@@ -55,12 +63,30 @@ class Trainer:
     train_batches: CifarLoader
     val_batches: CifarLoader
     precision: Precision
-    forward: torch.nn.Module | None = None  # torch.compile'd model when compile=true; shares the parameters
+    forward: torch.nn.Module | None = None  # compiled and/or DistributedDataParallel; shares the parameters
     bn_batches: CifarLoader | None = None  # schedule-free only: fixed training images for BatchNorm statistics
+    world: World = SINGLE
 
     def member(self) -> Member:
-        """The model as train.py steps it: compiled when asked for, same parameters either way."""
-        return Member(self.forward or self.model, self.optimizer, self.scheduler)
+        """The model as train.py steps it: compiled or distributed when asked for, same parameters either way;
+        with several processes, evaluation runs the plain model (each rank its share, no collectives inside)."""
+        return Member(self.forward or self.model, self.optimizer, self.scheduler,
+                      self.model if self.world.size > 1 else None)
+
+    def batches(self) -> tuple:
+        """(train, val) batches as fit() takes them: with several processes, each rank's share of every batch."""
+        if self.world.size == 1:
+            return self.train_batches, self.val_batches
+        return (ShardedBatches(self.train_batches, self.world, train=True),
+                ShardedBatches(self.val_batches, self.world, train=False))
+
+    def fit(self, cfg: CifarConfig, callback, state: FitState | None) -> FitState:
+        """Train to cfg.epochs from `state` (None: from the start); on every rank of a job alike."""
+        train, val = self.batches()
+        (state,) = fit([self.member()], train, val, cfg.epochs, self.precision, cfg.target_acc, [callback],
+                       [state] if state else None, show_progress=None if self.world.main else False,
+                       bn_batches=self.bn_batches, world=self.world)
+        return state
 
     def split_params(self) -> dict[str, str]:
         """Params saying which parameters went to which part of a split optimizer (Muon: muon_tensors, ...)."""
@@ -74,19 +100,26 @@ def build_loaders(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -
     return train, CifarLoader(arrays.test_x, arrays.test_y, cfg.batch_size, train=False, device=device)
 
 
-def build_trainer(cfg: CifarConfig, loaders: tuple[CifarLoader, CifarLoader], device: torch.device) -> Trainer:
-    """Seeded model (the same initial weights for every optimizer), optimizer and schedule over `loaders`."""
+def build_trainer(cfg: CifarConfig, loaders: tuple[CifarLoader, CifarLoader], device: torch.device,
+                  world: World = SINGLE) -> Trainer:
+    """Seeded model (the same initial weights for every optimizer), optimizer and schedule over `loaders`; with
+    several processes, DistributedDataParallel over the model (SyncBatchNorm first with sync_bn)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(CIFAR_CLASSES), cfg.pretrained).to(device)
     precision = Precision(device, bf16=cfg.bf16, channels_last=cfg.channels_last)
     if precision.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world.size > 1:
+        model = distributed.sync_batchnorm(model, device)
     optimizer = build_optimizer(cfg.optimizer_settings, model.parameters(), fast=device.type == "cuda")
     train, val = loaders
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * len(train))
-    forward = torch.compile(model) if cfg.compile else None
+    steps = len(ShardedBatches(train, world, train=True)) if world.size > 1 else len(train)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * steps)
+    forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None) if world.size > 1 else None
+    forward = torch.compile(forward or model) if cfg.compile else forward
     bn = train.sample(BN_SAMPLE) if schedule_free(optimizer) else None
-    return Trainer(model, optimizer, scheduler, train, val, precision, forward, bn)
+    return Trainer(model, optimizer, scheduler, train, val, precision, forward, bn, world)
 
 
 def start_info(cfg: CifarConfig, arrays: CifarArrays, device: torch.device,
@@ -121,20 +154,44 @@ def resume_target(cfg: CifarConfig) -> str | None:
 
 
 def main(cfg: CifarConfig) -> int:
-    """The `cifar` entry point: one tracked training run; exit code 3 if the loss diverged."""
-    device = resolve_device(cfg.device)
-    return run_cifar(cfg, load_data(cfg), device)[1]
+    """The `cifar` entry point: one tracked training run; exit code 3 if the loss diverged. nproc > 1 starts
+    the same command in that many processes (torchrun); in a process torchrun started, this is one rank."""
+    world = distributed.world_from_env()
+    if world.size == 1 and cfg.nproc > 1:
+        resolve_device(cfg.device, nproc=cfg.nproc), load_data(cfg, quiet=True), resume_target(cfg)  # one line
+        return launch.relaunch("cifar", as_params(cfg), cfg.nproc)
+    if cfg.nproc not in (1, world.size):
+        raise UsageError(f"nproc: this process is one of {world.size} that torchrun started; leave nproc at 1")
+    cfg = dataclasses.replace(cfg, nproc=world.size)
+    if cfg.batch_size < 2 * world.size:
+        raise UsageError(f"batch_size: expected at least 2 per process (>= {2 * world.size}), got {cfg.batch_size}")
+    device = resolve_device(cfg.device, world)
+    arrays = load_data(cfg, quiet=not world.main)
+    with distributed.job(world, device):
+        return run_cifar(cfg, arrays, device, world=world)[1]
 
 
-def _restore(log: RunLog, trainer: Trainer, run_id: str, scratch: str) -> FitState | None:
-    """The progress a resumed run continues from: its checkpoint's, or None to start over."""
+def _restore(trainer: Trainer, run_id: str, scratch: str) -> FitState | None:
+    """The progress a resumed run continues from (every rank of a job alike): its checkpoint's, or None. Rank 0
+    downloads it and hands every rank the same bytes, which each loads as safely as one process would."""
+    saved = tracking.download(run_id, CHECKPOINT, scratch) if trainer.world.main else None
+    data = distributed.broadcast_bytes(saved.read_bytes() if saved is not None else None, trainer.world,
+                                       trainer.precision.device)
+    if data is None:
+        return None
+    path = Path(scratch) / f"restored-{trainer.world.rank}.pt"
+    path.write_bytes(data)
+    return restore_checkpoint(path, trainer.model, trainer.optimizer, trainer.scheduler, trainer.train_batches,
+                              f"{CHECKPOINT} of run {run_id}")
+
+
+def _resume(log: RunLog, trainer: Trainer, run_id: str, scratch: str) -> FitState | None:
+    """Rank 0's resume: what the store holds, then the checkpoint (shared with the other ranks)."""
     log.resuming(tracking.last_step(run_id, "train_loss"), tracking.last_step(run_id, "time_to_target") > 0)
-    saved = tracking.download(run_id, CHECKPOINT, scratch)
-    if saved is None:
+    state = _restore(trainer, run_id, scratch)
+    if state is None:
         print(f"resuming run {run_id} from its start: it crashed before its first checkpoint")
         return None
-    state = restore_checkpoint(saved, trainer.model, trainer.optimizer, trainer.scheduler, trainer.train_batches,
-                               f"{CHECKPOINT} of run {run_id}")
     log.restored(state)
     print(f"resuming run {run_id} after epoch {state.epoch}")
     return state
@@ -153,9 +210,11 @@ def _epoch_callback(log: RunLog, hooks: RunHooks):
 
 
 def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, parent: tracking.Run | None = None,
-              hooks: RunHooks = RunHooks()) -> tuple[str, int]:
+              hooks: RunHooks = RunHooks(), world: World = SINGLE) -> tuple[str, int]:
     """Train one optimizer (a new run, or a resumed one), log every epoch and the model; returns (run id,
-    exit code)."""
+    exit code). In a job of several processes this is rank 0, which alone talks to MLflow (see _follow)."""
+    if not world.main:
+        return "", _follow(cfg, arrays, device, world)
     run_id = resume_target(cfg) if parent is None else None
     loaders = build_loaders(cfg, arrays, device)
     params, tags = start_info(cfg, arrays, device, loaders[0])
@@ -163,17 +222,26 @@ def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, paren
                            parent=parent, run_id=run_id, system_metrics=cfg.system_metrics) as run, \
             tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
         hooks.opened(run)
-        trainer = build_trainer(cfg, loaders, device)
+        launch.record_run(run.run_id)
+        trainer = build_trainer(cfg, loaders, device, world)
         log = RunLog(cfg, run, trainer, Path(scratch))
         log.begin({**params, **trainer.split_params()}, arrays)
-        state = _restore(log, trainer, run.run_id, scratch) if cfg.resume else None
-        (state,) = fit([trainer.member()], trainer.train_batches, trainer.val_batches, cfg.epochs,
-                       trainer.precision, cfg.target_acc, [_epoch_callback(log, hooks)], [state] if state else None,
-                       bn_batches=trainer.bn_batches)
+        state = _resume(log, trainer, run.run_id, scratch) if cfg.resume else None
+        state = trainer.fit(cfg, _epoch_callback(log, hooks), state)
         code = log.finish(state, arrays)
         if code != EXIT_OK:
             run.fail()
     return run.run_id, code
+
+
+def _follow(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, world: World) -> int:
+    """A rank other than 0: the same training on its share of every batch, in step with rank 0 (the same
+    checkpoint to resume from, the same collectives), logging nothing."""
+    trainer = build_trainer(cfg, build_loaders(cfg, arrays, device), device, world)
+    with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
+        state = _restore(trainer, "", scratch) if cfg.resume else None
+    state = trainer.fit(cfg, lambda *_: None, state)
+    return EXIT_DIVERGED if state.diverged else EXIT_OK
 
 
 # What lockstep children may differ in: everything else decides the shared data pipeline and model.

@@ -5,11 +5,13 @@ Exit codes: 0 success, 1 internal error, 2 bad input (one line on stderr), 3 tra
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Sequence
 
-from pipeline.config import PARAMS_FILE, build_compare, build_config
-from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, one_line
+from pipeline.compare_config import build_compare
+from pipeline.config import PARAMS_FILE, build_config
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WORKER_DIED, UsageError, one_line
 
 # entry point -> module whose main(config) runs it; imported only after the params are validated
 ENTRIES = {"toy": "pipeline.toy", "cifar": "pipeline.cifar", "compare": "pipeline.compare",
@@ -82,19 +84,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: open runs are marked KILLED", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - a store that is down or unwritable is one line; a bug is not
+        if worker_lost(error):
+            return EXIT_WORKER_DIED
         message = store_problem(error)
         if message is None:
             raise
         return refuse(message)
 
 
+def _rank() -> int:
+    """This process's rank in a torchrun job (0 when there is none), read without importing torch."""
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
+
+
+def _speaks() -> bool:
+    """Whether this process reports on stderr: any but the other ranks of a job `nproc` started here (their
+    launcher says what happened, in one line)."""
+    from pipeline.launch import RUN_FILE  # noqa: PLC0415 - light
+
+    return _rank() == 0 or not os.environ.get(RUN_FILE)
+
+
 def refuse(message: str) -> int:
     """One line on stderr, written on the run `mlflow run` made for us too (if any); exit code 2."""
-    print(f"error: {message}", file=sys.stderr)
-    from pipeline.tracking.launcher import record_refusal  # loads no mlflow unless there is a run to tell
+    if _speaks():
+        print(f"error: {message}" if _rank() == 0 else f"error: process {_rank()}: {message}", file=sys.stderr)
+    if _rank() == 0:
+        from pipeline.tracking.launcher import record_refusal  # loads no mlflow unless there is a run to tell
 
-    record_refusal(message)
+        record_refusal(message)
     return EXIT_USAGE
+
+
+def worker_lost(error: Exception) -> bool:
+    """A process of a multi-process job whose peers are gone (or that torchrun stopped): one line, unless the
+    launcher of `nproc` reports it; the run already ended FAILED with the error."""
+    if "pipeline.distributed" not in sys.modules:
+        return False
+    from pipeline.distributed import Stopped, lost_contact, world_from_env  # noqa: PLC0415
+
+    if not (isinstance(error, Stopped) or lost_contact(error, world_from_env())):
+        return False
+    from pipeline.launch import RUN_FILE  # noqa: PLC0415
+
+    if not os.environ.get(RUN_FILE):
+        print(f"error: process {_rank()}: lost the other processes of the job ({one_line(error)}); "
+              "resume=true continues the run from its last checkpoint", file=sys.stderr)
+    return True
 
 
 def store_problem(error: Exception) -> str | None:
@@ -146,5 +183,6 @@ def start(module: str, *args: object, **options: str) -> int:
     runner = importlib.import_module(module).main
     from pipeline.tracking.server import check_server
 
-    check_server()
+    if _rank() == 0:  # the other processes of a torchrun job never talk to MLflow
+        check_server()
     return runner(*args, **options)

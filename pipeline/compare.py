@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import plots, summary, tracking, tuned, tuneplots
-from pipeline.config import CompareConfig, as_params
+from pipeline.compare_config import CompareConfig
+from pipeline.config import as_params
 from pipeline.errors import EXIT_OK, UsageError
 from pipeline.functions import get_function
 from pipeline.optimizers import TUNABLE

@@ -13,9 +13,9 @@ from typing import Any, Mapping
 import yaml
 
 from pipeline.errors import UsageError
-from pipeline.values import UNSET, coerce, parse_point, require, short
+from pipeline.values import coerce, parse_point, require, short
 from pipeline.functions import get_function
-from pipeline.optimizers import SET_NAMES, TUNABLE, OptimizerSettings, check_runs, get_spec, named_set, optimizer_names
+from pipeline.optimizers import OptimizerSettings, check_runs
 from pipeline.schedulers import SCHEDULERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +87,8 @@ class CifarConfig:
     bf16: bool  # bf16 autocast of training steps where bf16 is native (CUDA; CPUs with AVX-512 BF16 or AMX)
     channels_last: bool  # on CUDA only
     compile: bool  # torch.compile the model (minutes of compiling first; pays off on long GPU runs)
+    nproc: int  # training processes (DistributedDataParallel; torchrun starts them here when > 1)
+    sync_bn: bool  # with several processes: BatchNorm over the global batch, as one process would
     target_acc: float  # val_acc (a fraction) whose first crossing time_to_target records
     resume: bool  # continue the latest unfinished run with this config from its checkpoint
     checkpoint_every_s: float  # training seconds between checkpoints (0 = after every epoch)
@@ -117,6 +119,9 @@ class CifarConfig:
         require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        require(1 <= self.nproc <= 64, "nproc", self.nproc, "an integer in [1, 64] (processes on this machine)")
+        require(self.nproc == 1 or self.batch_size >= 2 * self.nproc, "batch_size", self.batch_size, f"at least 2 per process "
+                f"(>= {2 * self.nproc} with nproc={self.nproc}): batch_size is the global batch")
         require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")
         require(0 <= self.checkpoint_every_s <= 1e9, "checkpoint_every_s", self.checkpoint_every_s,
                  "a number of seconds >= 0 (0 = after every epoch)")
@@ -147,88 +152,11 @@ class PredictConfig:
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _check_experiment(self.experiment)
 
+
 TASKS = ("toy", "cifar")
+CONFIGS: dict[str, type] = {"toy": ToyConfig, "cifar": CifarConfig, "predict": PredictConfig}  # sweeps: *_config.py
 
 
-@dataclass(frozen=True)
-class CompareConfig:
-    """A sweep: one child run of `task` per optimizer, under one parent run."""
-
-    task: str  # toy | cifar
-    optimizers: str  # comma list of names and sets (default, notebook, modern, all)
-    rerun: bool  # train again even where a finished run with the same config and code exists
-    from_runs: str  # a compare run id or an experiment name: redraw from stored runs, train nothing
-    lockstep: bool  # cifar: train all children in one process on the very same batches
-    seeds: int  # runs per optimizer, on seeds seed .. seed+seeds-1
-    experiment: str
-    children: tuple = ()  # each optimizer's validated task config, filled by build_compare
-
-    def __post_init__(self) -> None:
-        require(self.task in TASKS, "task", self.task, f"one of {', '.join(TASKS)}")
-        _check_experiment(self.experiment)
-        require(self.task == "cifar" or not self.lockstep, "lockstep", self.lockstep, "false for task=toy "
-                 "(toy runs are batched already)")
-        require(1 <= self.seeds <= 1000, "seeds", self.seeds, "an integer in [1, 1000]")
-
-    def optimizer_list(self) -> list[str]:
-        """The optimizers to compare, validated, without repeats, in the order given."""
-        return optimizer_list(self.optimizers, self.task)
-
-
-def optimizer_list(text: str, task: str) -> list[str]:
-    """A sweep's `optimizers` param: a comma list of names and set names, validated, without repeats, in the order
-    given. Sets: default (toy: every registered optimizer that runs on a 2-D point; cifar: notebook), notebook (its
-    seven plus nesterov), modern (today's, with adamw and nesterov as references), all."""
-    parts = [part.strip() for part in (text.strip() or "default").split(",") if part.strip()]
-    names = list(dict.fromkeys(name for part in parts for name in named_set(part, task) or [part]))
-    for name in names:
-        try:
-            get_spec(name)
-        except UsageError as error:
-            raise UsageError(f"optimizers: {error}; or a set: {', '.join(SET_NAMES)}") from None
-    return names
-
-
-CONFIGS: dict[str, type] = {"toy": ToyConfig, "cifar": CifarConfig, "compare": CompareConfig,
-                             "predict": PredictConfig}
-
-
-def _accepted(passed: Mapping[str, str], optimizer: str) -> dict[str, str]:
-    """A sweep's shared params minus the hyper-parameters this optimizer does not take (e.g. momentum)."""
-    tunable = get_spec(optimizer).tunable
-    return {k: v for k, v in passed.items() if k not in TUNABLE or k in tunable}
-
-
-def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path = PARAMS_FILE) -> CompareConfig:
-    """The sweep's own params, plus every other param passed through to each child's task config."""
-    own_names = {f.name for f in dataclasses.fields(CompareConfig)} - {"children"}
-    overrides = dict(overrides or {})
-    own = {key: value for key, value in overrides.items() if key in own_names}
-    passed = {key: value for key, value in overrides.items() if key not in own_names}
-    config = build_config("compare", own, params_file)
-    if "optimizer" in passed:
-        raise UsageError("compare takes optimizers=a,b,c (a list), not optimizer")
-    if config.task == "cifar":  # the champion alias needs registered models
-        passed.setdefault("register", passed.get("log_model", "true"))
-    names = config.optimizer_list()
-    _check_taken(passed, names)
-    children = tuple(build_config(config.task, {**_accepted(passed, name), "optimizer": name,
-                                                "experiment": config.experiment}, params_file)
-                     for name in names)
-    if config.seeds > 1 and config.task == "toy" and children[0].start != "random":
-        raise UsageError(f"seeds: toy runs differ by seed only with start=random (got start={children[0].start!r})")
-    return dataclasses.replace(config, children=children)
-
-
-def _check_taken(passed: Mapping[str, str], names: list[str]) -> None:
-    """A hyper-parameter given to a sweep must reach at least one of its optimizers, not vanish silently."""
-    for key in TUNABLE:
-        if key not in passed or str(passed[key]).strip().lower() in UNSET:
-            continue
-        if not any(key in get_spec(name).tunable for name in names):
-            takers = [name for name in optimizer_names() if key in get_spec(name).tunable]
-            raise UsageError(f"{key}: none of {', '.join(names)} takes it; it is for {', '.join(takers)} "
-                             "(drop it, or add one of those to optimizers)")
 
 
 def _check_experiment(name: str) -> None:

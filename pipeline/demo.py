@@ -5,7 +5,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.compare import sweep
-from pipeline.config import build_compare
+from pipeline.compare_config import build_compare
 from pipeline.errors import EXIT_OK, UsageError
 from pipeline.tune import tune
 from pipeline.tune_config import build_tune

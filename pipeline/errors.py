@@ -19,5 +19,6 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_ARTIFACTS = 4  # trained to the end, metrics stored, but the store refused some artifacts
+EXIT_WORKER_DIED = 5  # a process of a multi-process job (nproc, torchrun) died or crashed: the job was stopped
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 EXIT_BROKEN_PIPE = 141  # the reader of our output went away (`| head`), as shells report SIGPIPE

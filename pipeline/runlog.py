@@ -18,6 +18,7 @@ from pipeline import plots
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import CifarConfig
 from pipeline.data import CIFAR_CLASSES, CIFAR_MEAN, CIFAR_STD, CifarArrays
+from pipeline.distributed import plain_batchnorm
 from pipeline.errors import EXIT_ARTIFACTS, EXIT_DIVERGED, EXIT_OK, one_line
 from pipeline.logger import RunLogger
 from pipeline.models import ImageClassifier
@@ -193,7 +194,7 @@ class RunLog:
 
     def _log_model(self, arrays: CifarArrays) -> None:
         cfg = self.cfg
-        net = self.trainer.model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+        net = plain_batchnorm(self.trainer.model).to("cpu", memory_format=torch.contiguous_format).float().eval()
         model = ImageClassifier(net, CIFAR_MEAN, CIFAR_STD).eval()
         uri = self.run.log_model(model, model_example(arrays), cfg.model_name if cfg.register else None,
                                  MODEL_METADATA)

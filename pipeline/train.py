@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.distributed import SINGLE, World, sum_over_ranks
 from pipeline.optimizers import set_mode
 
 
@@ -74,30 +75,45 @@ def _progress(batches: Batches, total: int, label: str, show: bool | None) -> It
 class Member:
     """One model being trained: with its optimizer and schedule; several train in lockstep on the same batches."""
 
-    model: nn.Module
+    model: nn.Module  # what training steps call: the model, or its DistributedDataParallel / compiled wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    plain: nn.Module | None = None  # the model itself, for evaluation (no collectives), when `model` wraps it
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The module evaluation runs."""
+        return self.plain if self.plain is not None else self.model
 
 
 def _step(member: Member, images: torch.Tensor, labels: torch.Tensor, precision: Precision,
-          loss_fn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+          loss_fn: nn.Module, denominator: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on one batch; returns the summed loss and the correct count, left on the device."""
     with precision.autocast():
         logits = member.model(images)
         loss = loss_fn(logits.float(), labels)
     member.optimizer.zero_grad(set_to_none=True)
-    (loss / labels.shape[0]).backward()  # mean over the batch, as the notebook's criterion
+    (loss / denominator).backward()  # mean over the (global) batch, as the notebook's criterion
     member.optimizer.step()
     if member.scheduler is not None:
         member.scheduler.step()
     return loss.detach(), (logits.argmax(1) == labels).sum()
 
 
+def _totals(world: World, device: torch.device, *values: torch.Tensor | float) -> list[float]:
+    """Sums over every rank (one collective; with one process, the values), read back once, as numbers."""
+    vector = torch.stack([torch.as_tensor(value, dtype=torch.float64, device=device) for value in values])
+    return sum_over_ranks(vector, world).tolist()
+
+
 def train_epoch(members: list[Member], batches: Batches, precision: Precision, total: int = 0,
-                label: str = "train", show_progress: bool | None = None) -> list[dict[str, float]]:
+                label: str = "train", show_progress: bool | None = None,
+                world: World = SINGLE) -> list[dict[str, float]]:
     """One pass over `batches`, each batch feeding every member in turn; sums stay on the device until the end.
 
-    With several members the epoch's wall time is shared: each gets an equal part as its epoch_time.
+    With several members the epoch's wall time is shared: each gets an equal part as its epoch_time. With
+    several processes, `batches` yield each rank's share and the global denominator (distributed.ShardedBatches),
+    and the figures are sums over every rank: those of one process training on the whole batches.
     """
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     for member in members:
@@ -108,19 +124,22 @@ def train_epoch(members: list[Member], batches: Batches, precision: Precision, t
     seen = 0
     _sync(precision.device)
     began = time.perf_counter()
-    for images, labels in _progress(batches, total, label, show_progress):
+    for images, labels, *share in _progress(batches, total, label, show_progress):
         images, labels = precision.prepare(images), labels.to(precision.device, non_blocking=True)
         for member, (loss_sum, correct) in zip(members, sums):
-            loss, hits = _step(member, images, labels, precision, loss_fn)
+            loss, hits = _step(member, images, labels, precision, loss_fn, share[0] if share else labels.shape[0])
             loss_sum += loss
             correct += hits
         seen += labels.shape[0]
     _sync(precision.device)
     seconds = (time.perf_counter() - began) / max(len(members), 1)
-    return [{"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
-             "epoch_time": seconds, "throughput": seen / seconds if seconds > 0 else 0.0,
-             **_lr_metrics(member.optimizer.param_groups[0]["lr"])}
-            for member, (loss_sum, correct) in zip(members, sums)]
+    results = []
+    for member, (loss_sum, correct) in zip(members, sums):
+        loss_total, correct_total, seen_total = _totals(world, precision.device, loss_sum, correct, seen)
+        results.append({"train_loss": loss_total / max(seen_total, 1), "train_acc": correct_total / max(seen_total, 1),
+                        "epoch_time": seconds, "throughput": seen_total / seconds if seconds > 0 else 0.0,
+                        **_lr_metrics(member.optimizer.param_groups[0]["lr"])})
+    return results
 
 
 def _lr_metrics(lr: float) -> dict[str, float]:
@@ -130,7 +149,8 @@ def _lr_metrics(lr: float) -> dict[str, float]:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Batches, precision: Precision, num_classes: int = 10,
-             total: int = 0, show_progress: bool | None = None) -> tuple[dict[str, float], torch.Tensor]:
+             total: int = 0, show_progress: bool | None = None,
+             world: World = SINGLE) -> tuple[dict[str, float], torch.Tensor]:
     """Loss and accuracy over `batches` in eval mode, and the confusion matrix [true, predicted] (CPU).
 
     In fp32 even where training uses bf16 autocast: these are the figures of the fp32 model that gets logged,
@@ -141,16 +161,20 @@ def evaluate(model: nn.Module, batches: Batches, precision: Precision, num_class
     confusion = torch.zeros(num_classes * num_classes, device=precision.device, dtype=torch.long)
     _sync(precision.device)
     began = time.perf_counter()
-    for images, labels in _progress(batches, total, "eval", show_progress):
+    for images, labels, *_ in _progress(batches, total, "eval", show_progress):
+        if labels.shape[0] == 0:  # a rank's share of a last, small batch
+            continue
         images, labels = precision.prepare(images), labels.to(precision.device, non_blocking=True)
         logits = model(images).float()
         loss_sum += loss_fn(logits, labels)
         confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+    sum_over_ranks(confusion, world)  # every rank evaluated its share of each batch
+    (loss_total,) = _totals(world, precision.device, loss_sum)
     _sync(precision.device)
     seconds = time.perf_counter() - began
     confusion = confusion.view(num_classes, num_classes).cpu()
     seen = int(confusion.sum())
-    return ({"val_loss": loss_sum.item() / max(seen, 1), "val_acc": int(confusion.trace()) / max(seen, 1),
+    return ({"val_loss": loss_total / max(seen, 1), "val_acc": int(confusion.trace()) / max(seen, 1),
              "eval_time": seconds}, confusion)
 
 
@@ -183,7 +207,7 @@ def evaluation_weights(member: Member, bn_batches: Batches | None, precision: Pr
         return
     set_mode(member.optimizer, training=False)
     if bn_batches is not None:
-        recompute_batchnorm(member.model, bn_batches, precision)
+        recompute_batchnorm(member.evaluated, bn_batches, precision)
 
 
 class StopTraining(Exception):
@@ -218,25 +242,27 @@ def _record(state: FitState, epoch: int, metrics: dict[str, float], target_acc: 
 
 def fit(members: list[Member], train_batches: Batches, val_batches: Batches, epochs: int, precision: Precision,
         target_acc: float, callbacks: list[EpochCallback], states: list[FitState] | None = None,
-        show_progress: bool | None = None, bn_batches: Batches | None = None) -> list[FitState]:
+        show_progress: bool | None = None, bn_batches: Batches | None = None,
+        world: World = SINGLE) -> list[FitState]:
     """Train every member (one, or several in lockstep) on the very same batches until `epochs`, continuing
     from `states`; a member whose loss turns non-finite stops (its state says why) while the others go on.
     Each member's callback gets every epoch it finishes, and may raise StopTraining to end that member there.
-    `bn_batches`: fixed training images for schedule-free members' BatchNorm statistics (evaluation_weights)."""
+    `bn_batches`: fixed training images for schedule-free members' BatchNorm statistics (evaluation_weights).
+    With several processes (`world`) every rank calls fit on its shares; the figures are the global ones."""
     states = states or [FitState() for _ in members]
     for epoch in range(min(s.epoch for s in states) + 1, epochs + 1):
         active = [i for i, s in enumerate(states) if not (s.diverged or s.stopped) and s.epoch < epoch]
         if not active:
             break
         results = train_epoch([members[i] for i in active], train_batches, precision, len(train_batches),
-                              f"epoch {epoch}/{epochs}", show_progress)
+                              f"epoch {epoch}/{epochs}", show_progress, world)
         for index, metrics in zip(active, results):
             if not math.isfinite(metrics["train_loss"]):
                 states[index].diverged = f"train_loss is {metrics['train_loss']} in epoch {epoch}"
                 continue
             evaluation_weights(members[index], bn_batches, precision)
-            val_metrics, confusion = evaluate(members[index].model, val_batches, precision,
-                                              total=len(val_batches), show_progress=show_progress)
+            val_metrics, confusion = evaluate(members[index].evaluated, val_batches, precision,
+                                              total=len(val_batches), show_progress=show_progress, world=world)
             metrics.update(val_metrics)
             _record(states[index], epoch, metrics, target_acc)
             try:

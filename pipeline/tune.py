@@ -4,6 +4,7 @@ setting is rerun over seeds, and one MLflow parent run holds the comparison. The
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -108,6 +109,14 @@ def _visible_gpus() -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
+def worker_count(cfg: TuneConfig) -> int:
+    """workers=0: one worker per visible GPU for cifar on a machine with several, else one."""
+    if cfg.workers:
+        return cfg.workers
+    gpus = _visible_gpus() if cfg.task == "cifar" else []
+    return len(gpus) if len(gpus) > 1 else 1
+
+
 def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: tuple | None = None) -> None:
     """Take trials here and in workers-1 more processes until every study is done. With several GPUs every
     worker is a process of its own, each seeing one GPU (CUDA_VISIBLE_DEVICES), and this one only waits."""
@@ -169,6 +178,7 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     """Join (or start) the study, work until every study is done, report; returns (parent run id, the tuned
     table in Markdown, one line per workload saying who wins at default settings and who wins tuned)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    cfg = dataclasses.replace(cfg, workers=worker_count(cfg))
     cifar = cifar_inputs(cfg) if cfg.task == "cifar" else None  # no data, no device: one line before any run
     url = storage_url(cfg)
     storage = search.open_storage(url, cfg.heartbeat_s, on_stale)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.config import PARAMS_FILE, TASKS, _check_experiment, _check_taken, build_config, optimizer_list
+from pipeline.compare_config import _check_taken, optimizer_list
+from pipeline.config import PARAMS_FILE, TASKS, _check_experiment, build_config
 from pipeline.errors import UsageError
 from pipeline.functions import get_function
 from pipeline.optimizers import get_spec
@@ -22,6 +23,7 @@ SEARCHES = {"lr": ("lr",), "lr,weight_decay": ("lr", "weight_decay")}
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 # Params tune sets itself for every trial and seed run: passing them would be ignored, so they are refused.
 SET_BY_TUNE = {"lr": "tune searches lr between lr_min and lr_max; set those instead",
+               "nproc": "tune runs its trials in worker processes of its own: set workers=N (one per GPU)",
                "optimizer": "tune takes optimizers=a,b,c (a list)",
                "resume": "tune resumes by itself: run the same command again",
                "start": "toy trials score a batch of random starts (starts=N); seed runs plot one random start each"}
@@ -61,7 +63,7 @@ class TuneConfig:
     weight_decay_min: float
     weight_decay_max: float
     starts: int  # toy: random starts scored together per trial
-    workers: int  # local worker processes
+    workers: int  # local worker processes; 0: one per visible GPU (cifar, 2+ GPUs), else 1
     storage: str  # Optuna storage URL; empty: optuna.db beside the tracking store
     heartbeat_s: int  # seconds between a worker's heartbeats; silent for 3x this, its trial is failed and retried
     experiment: str
@@ -81,7 +83,7 @@ class TuneConfig:
         require(0 < self.weight_decay_min < self.weight_decay_max <= 1e30, "weight_decay_min, weight_decay_max",
                 (self.weight_decay_min, self.weight_decay_max), "0 < weight_decay_min < weight_decay_max <= 1e30")
         require(1 <= self.starts <= 100_000, "starts", self.starts, "an integer in [1, 100000]")
-        require(1 <= self.workers <= 64, "workers", self.workers, "an integer in [1, 64]")
+        require(0 <= self.workers <= 64, "workers", self.workers, "an integer in [0, 64] (0: one per visible GPU)")
         require(1 <= self.heartbeat_s <= 3600, "heartbeat_s", self.heartbeat_s, "an integer in [1, 3600]")
         scheme = self.storage.split(":", 1)[0]
         require(not self.storage or scheme in STORAGE_SCHEMES, "storage", self.storage,

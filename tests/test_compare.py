@@ -157,7 +157,7 @@ def test_the_modern_set_compares_on_cifar_every_child_finished_with_finite_metri
 
 
 def test_the_parent_records_which_children_got_a_setting_only_some_take():
-    from pipeline.config import build_compare
+    from pipeline.compare_config import build_compare
     from pipeline.compare import shared_params
 
     params = shared_params(build_compare({"optimizers": "sgd,adam,nesterov", "momentum": "0.5"}))

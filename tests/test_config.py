@@ -7,23 +7,30 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import CONFIGS, PARAMS_FILE, build_compare, build_config, parse_point
+from pipeline.compare_config import CompareConfig, build_compare
+from pipeline.config import CONFIGS, PARAMS_FILE, build_config, parse_point
 from pipeline.errors import UsageError
 from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, optimizer_names
 
 
+from pipeline.tune_config import TuneConfig
+
+SECTIONS = {**CONFIGS, "compare": CompareConfig, "tune": TuneConfig}  # the sweeps' configs live in *_config.py
+
+
 def test_params_yaml_has_a_complete_section_per_entry_point():
     document = yaml.safe_load(PARAMS_FILE.read_text())
-    for section, cls in CONFIGS.items():
+    assert set(document) == set(SECTIONS)
+    for section, cls in SECTIONS.items():
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         assert set(document[section]) == required, section
 
 
-@pytest.mark.parametrize("section", [name for name in CONFIGS if name != "predict"])
+@pytest.mark.parametrize("section", [name for name in SECTIONS if name != "predict"])
 def test_defaults_are_params_yaml_values_with_their_field_types(section):
     section_values = yaml.safe_load(PARAMS_FILE.read_text())[section]
-    config = build_config(section)
-    hints = typing.get_type_hints(CONFIGS[section])
+    config = build_config(section, cls=SECTIONS[section])
+    hints = typing.get_type_hints(SECTIONS[section])
     for name, written in section_values.items():
         value = getattr(config, name)
         if written is None:  # null: unset, resolved later (e.g. the optimizer's own lr)
@@ -198,7 +205,7 @@ _TEXT = st.one_of(st.text(max_size=40), st.sampled_from(["__import__('os').syste
                                  max_size=4))
 def test_any_input_is_a_config_or_one_usage_error_line(section, overrides):
     try:
-        build_config(section, overrides)
+        build_compare(overrides) if section == "compare" else build_config(section, overrides)
     except UsageError as error:
         assert str(error) and "\n" not in str(error)
 

@@ -120,6 +120,19 @@ def test_on_a_machine_with_several_gpus_each_worker_sees_one():
     assert gpu_plan(3, ["0"]) == [None, None, None] and gpu_plan(2, []) == [None, None]
 
 
+@pytest.mark.parametrize("visible,task,workers,expected", [("0,1,2,3", "cifar", "0", 4), ("0", "cifar", "0", 1),
+                                                           ("", "cifar", "0", 1), ("0,1,2,3", "toy", "0", 1),
+                                                           ("0,1,2,3", "cifar", "2", 2)])
+def test_without_workers_a_cifar_tune_takes_one_worker_per_visible_gpu(monkeypatch, visible, task, workers, expected):
+    """Issue 16: workers not given (0) is one worker per visible GPU; checked on the plan, as CI has no GPU."""
+    from pipeline.tune import worker_count
+    from pipeline.tune_config import build_tune
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert build_tune({"task": task}).workers == 0  # the default
+    assert worker_count(build_tune({"task": task, "workers": workers})) == expected
+
+
 def test_a_trial_interrupted_by_ctrl_c_is_queued_again_with_its_point():
     study, budget = _study(), 2
 

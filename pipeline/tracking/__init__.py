@@ -2,6 +2,7 @@
 
 - `server`: where runs go (the tracking URI), a check of the server at the edge, store errors told apart;
 - `run`: `open_run(...)` -> `Run`, the one way to start or continue a run (top level or nested) and log to it;
+- `experiments`: which experiment a run goes to, made and marked for the UI;
 - `store`: questions asked of stored runs (resumable, reusable, histories, artifacts, models, aliases);
 - `launcher`: what `mlflow run` hands the process (MLFLOW_RUN_ID); light, loads no MLflow.
 
@@ -14,8 +15,8 @@ from typing import Any
 
 _HOMES = {
     "server": ("tracking_uri", "check_server", "is_permanent", "is_store_error"),
-    "run": ("Run", "open_run", "handed_run_tags", "ensure_experiment", "existing_run", "fail_run", "end_run",
-            "note_handed_run", "local_store_folder"),
+    "run": ("Run", "open_run", "handed_run_tags", "existing_run", "fail_run", "end_run", "note_handed_run"),
+    "experiments": ("ensure_experiment", "local_store_folder"),
     "store": ("find_resumable_run", "find_finished_run", "fetch_run", "latest_runs", "last_step", "run_exists",
               "download", "load_predictor", "set_alias", "add_to_sweep", "sweep_link",
               "share_sweep_view", "SWEEPS_TAG"),

@@ -3,15 +3,12 @@
 its block. Several can be open at once (lockstep children), each logging from any thread."""
 from __future__ import annotations
 
-import os
-import re
 import time
 import warnings
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
-from urllib.parse import unquote
 
 import mlflow
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
@@ -20,7 +17,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 
 from pipeline.errors import UsageError, one_line
 from pipeline.tracking.launcher import handed_run_id, take_handed_run_id
-from pipeline.tracking.server import connect, is_store_error, refusals_as_usage_errors, tracking_uri
+from pipeline.tracking.experiments import experiment_id_for, mark_experiment
+from pipeline.tracking.server import connect, is_store_error, refusals_as_usage_errors
 
 _BATCH = 1000  # MLflow accepts at most 1000 metrics in one log_batch call
 FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
@@ -145,33 +143,6 @@ def open_run(experiment: str, name: str, tags: Mapping[str, str] | None = None, 
             _terminate(run)
 
 
-# The UI opens an experiment in its GenAI overview unless this tag says it holds model-training runs.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-EXPERIMENT_NOTE = ("Runs of optlab, which compares deep-learning optimizers. Parent runs (compare, tune) hold the "
-                   "summary in their description and artifacts; their children are one run per optimizer.")
-
-
-def mark_experiment(client: mlflow.MlflowClient, experiment_id: str) -> None:
-    """Tag the experiment as model training (the UI then opens on its runs) and describe it, unless it says so
-    already (a description someone wrote is kept)."""
-    tags = client.get_experiment(experiment_id).tags
-    wanted = dict(EXPERIMENT_KIND) if tags.get("mlflow.note.content") else \
-        {**EXPERIMENT_KIND, "mlflow.note.content": EXPERIMENT_NOTE}
-    for key, value in wanted.items():
-        if tags.get(key) != value:
-            set_experiment_tag(client, experiment_id, key, value)
-
-
-def set_experiment_tag(client: mlflow.MlflowClient, experiment_id: str, key: str, value: str) -> None:
-    """Set an experiment tag; processes that race to set it (runs starting together, tune commands finishing
-    together) may lose to each other: that is fine once the tag is there."""
-    try:
-        client.set_experiment_tag(experiment_id, key, value)
-    except mlflow.exceptions.MlflowException:
-        if key not in client.get_experiment(experiment_id).tags:
-            raise
-
-
 def _create(client: mlflow.MlflowClient, experiment: str, name: str, tags: Mapping[str, str] | None,
             parent: Run | None) -> Run:
     """A new run, with MLflow's own context tags (source, user, git commit) as `mlflow.start_run` adds them."""
@@ -191,7 +162,18 @@ def _continue(client: mlflow.MlflowClient, run_id: str, tags: Mapping[str, str] 
     run = Run(client, run_id, found.info.experiment_id)
     if tags:
         run.set_tags(tags)
+    _clear_failure(client, run, found.data.tags)
     return run
+
+
+def _clear_failure(client: mlflow.MlflowClient, run: Run, tags: Mapping[str, str]) -> None:
+    """A failed run that is continued no longer says it failed: its error moves to tag `resumed_after`."""
+    if "error" not in tags:
+        return
+    run.set_tags({"resumed_after": tags["error"]})
+    client.delete_tag(run.run_id, "error")
+    if tags.get("mlflow.note.content", "").startswith("**Failed:**"):
+        client.delete_tag(run.run_id, "mlflow.note.content")
 
 
 def _system_metrics(run_id: str, resumed: bool) -> Any:
@@ -210,42 +192,6 @@ def _terminate(run: Run) -> None:
     except Exception as error:  # noqa: BLE001
         if not is_store_error(error) or run.status == FINISHED:
             raise
-
-
-def experiment_id_for(client: mlflow.MlflowClient, experiment: str) -> str:
-    """The experiment runs go to: MLFLOW_EXPERIMENT_ID / _NAME when set (as by `mlflow run`), else `experiment`."""
-    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        return os.environ["MLFLOW_EXPERIMENT_ID"]
-    return ensure_experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
-
-
-def ensure_experiment(client: mlflow.MlflowClient, name: str) -> str:
-    """The id of experiment `name`, created if missing (artifacts beside a SQLite store, in mlruns/)."""
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    folder = _sqlite_dir(mlflow.get_tracking_uri())
-    location = str(folder / "mlruns" / re.sub(r"[^A-Za-z0-9._-]+", "_", name)) if folder is not None else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:
-        found = client.get_experiment_by_name(name)  # a concurrent run created it first: use theirs
-        if found is None:
-            raise
-        return found.experiment_id
-
-
-def local_store_folder() -> Path:
-    """The folder of the SQLite tracking store in use, else the current folder: where local state goes."""
-    return _sqlite_dir(tracking_uri()) or Path.cwd()
-
-
-def _sqlite_dir(uri: str) -> Path | None:
-    """The folder of a sqlite:/// store, where its runs' artifacts go too; None for other stores."""
-    prefix = "sqlite:///"  # then a relative path, or an absolute one that starts with one more '/'
-    if not uri.startswith(prefix):
-        return None
-    return Path(unquote(uri[len(prefix):].split("?")[0])).resolve().parent
 
 
 def handed_run_tags() -> dict[str, str] | None:
