@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import distributed, launch, tracking
+from pipeline import distributed, landscape_report, launch, tracking
 from pipeline.checkpoint import FILE_NAME, restore_checkpoint
 from pipeline.config import CifarConfig, as_params, logged_params
 from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10
@@ -66,12 +66,13 @@ class Trainer:
     forward: torch.nn.Module | None = None  # compiled and/or DistributedDataParallel; shares the parameters
     bn_batches: CifarLoader | None = None  # schedule-free only: fixed training images for BatchNorm statistics
     world: World = SINGLE
+    recorder: object = None  # landscape.Recorder of the path, when a landscape is drawn
 
     def member(self) -> Member:
         """The model as train.py steps it: compiled or distributed when asked for, same parameters either way;
         with several processes, evaluation runs the plain model (each rank its share, no collectives inside)."""
         return Member(self.forward or self.model, self.optimizer, self.scheduler,
-                      self.model if self.world.size > 1 else None)
+                      self.model if self.world.size > 1 else None, self.recorder)
 
     def batches(self) -> tuple:
         """(train, val) batches as fit() takes them: with several processes, each rank's share of every batch."""
@@ -224,11 +225,18 @@ def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, paren
         hooks.opened(run)
         launch.record_run(run.run_id)
         trainer = build_trainer(cfg, loaders, device, world)
+        hooks.prepared(trainer)  # a sweep records the path for its own landscape
+        if parent is None and landscape_report.enabled(cfg, device):
+            trainer.recorder = landscape_report.recorder(trainer)
         log = RunLog(cfg, run, trainer, Path(scratch))
         log.begin({**params, **trainer.split_params()}, arrays)
         state = _resume(log, trainer, run.run_id, scratch) if cfg.resume else None
+        if state is not None and trainer.recorder is not None:
+            trainer.recorder.resumed(state.epoch)
         state = trainer.fit(cfg, _epoch_callback(log, hooks), state)
         code = log.finish(state, arrays)
+        if code == EXIT_OK and parent is None and trainer.recorder is not None:
+            landscape_report.draw(run, cfg, {cfg.optimizer: trainer.recorder}, arrays, device)
         if code != EXIT_OK:
             run.fail()
     return run.run_id, code
@@ -248,10 +256,11 @@ def _follow(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, world: 
 _PER_OPTIMIZER = {"optimizer", "lr", "momentum", "weight_decay", "scheduler", "register", "model_name"}
 
 
-def run_lockstep(cfgs: list[CifarConfig], arrays: CifarArrays, device: torch.device,
-                 parent: tracking.Run) -> list[tuple[str, int]]:
+def run_lockstep(cfgs: list[CifarConfig], arrays: CifarArrays, device: torch.device, parent: tracking.Run,
+                 prepare=None) -> list[tuple[str, int]]:
     """Train every config in one process on the very same augmented batches (one data pipeline, one model and
-    optimizer each), logging one child run each; returns (run id, exit code) per config."""
+    optimizer each), logging one child run each; returns (run id, exit code) per config. `prepare(cfg, trainer)`
+    sees each trainer before training (a sweep's landscape records its path)."""
     shared = [{k: v for k, v in dataclasses.asdict(c).items() if k not in _PER_OPTIMIZER} for c in cfgs]
     if any(other != shared[0] for other in shared):
         raise UsageError("lockstep: the children must differ only in optimizer settings")
@@ -259,6 +268,8 @@ def run_lockstep(cfgs: list[CifarConfig], arrays: CifarArrays, device: torch.dev
         raise UsageError("lockstep: resume=true is not supported; resume children one by one")
     loaders = build_loaders(cfgs[0], arrays, device)
     trainers = [build_trainer(cfg, loaders, device) for cfg in cfgs]
+    for cfg, trainer in zip(cfgs, trainers):
+        (prepare or (lambda *_: None))(cfg, trainer)
     with tempfile.TemporaryDirectory(prefix="optlab-") as scratch, contextlib.ExitStack() as children:
         runs, logs = [], []
         for cfg, trainer in zip(cfgs, trainers):

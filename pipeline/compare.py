@@ -14,6 +14,7 @@ from pipeline.compare_config import CompareConfig
 from pipeline.config import as_params
 from pipeline.errors import EXIT_OK, UsageError
 from pipeline.functions import get_function
+from pipeline.logger import RunHooks
 from pipeline.optimizers import TUNABLE
 from pipeline.provenance import code_version, config_hash
 from pipeline.summary import RunRecord
@@ -30,18 +31,23 @@ def _record(run_id: str, task: str, reused: bool = False) -> RunRecord:
 
 
 def _trainer(cfg: CompareConfig):
-    """A function that trains one child config under a parent run and returns its run id. For cifar the data
-    is loaded here, once for all children and before the parent run starts (missing data: no run at all)."""
+    """(A function that trains one child config under a parent run and returns its run id, the sweep's landscape
+    or None). For cifar the data is loaded here, once for all children and before the parent run starts (missing
+    data: no run at all)."""
     if cfg.task == "toy":
         from pipeline.toy import run_toy
 
-        return lambda child, parent: run_toy(child, parent)[0]
+        return (lambda child, parent: run_toy(child, parent)[0]), None
     from pipeline.cifar import load_data, resolve_device, run_cifar, run_lockstep
+    from pipeline.landscape_report import SweepLandscape, enabled
 
     device, arrays = resolve_device(cfg.children[0].device), load_data(cfg.children[0])
+    scape = SweepLandscape(cfg.children[0], arrays, device) if enabled(cfg.children[0], device) else None
     if cfg.lockstep:
-        return lambda children, parent: run_lockstep(children, arrays, device, parent)
-    return lambda child, parent: run_cifar(child, arrays, device, parent)[0]
+        return (lambda children, parent: run_lockstep(children, arrays, device, parent,
+                                                      scape.attach if scape else None)), scape
+    return (lambda child, parent: run_cifar(child, arrays, device, parent,
+                                            scape.hooks(child) if scape else RunHooks())[0]), scape
 
 
 def reusable(cfg: CompareConfig, child, parent: tracking.Run) -> RunRecord | None:
@@ -221,7 +227,10 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
     if cfg.from_runs:
         task, ids = redraw_ids(cfg)
         cfg = dataclasses.replace(cfg, task=task)
-    train = None if cfg.from_runs else _trainer(cfg)
+    train, scape = (None, None) if cfg.from_runs else _trainer(cfg)
+    if scape is not None and not cfg.rerun:
+        print("landscape: every child trains again (the landscape needs each optimizer's path); rerun=true")
+        cfg = dataclasses.replace(cfg, rerun=True)
     tags = {"task": "compare", "compare_task": cfg.task, **({"redrawn_from": cfg.from_runs} if cfg.from_runs else {})}
     name = summary.parent_name("compare", cfg.task, len(cfg.children), time.time())
     with tracking.open_run(cfg.experiment, name, tags) as parent:
@@ -237,4 +246,6 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
             draw_seeds(parent, cfg.task, per_seed)
             parent.set_tags({"seed_runs": ",".join(r.run_id for seed in per_seed[1:] for r in seed)[:5000]})
         uri = crown(parent, records) if cfg.task == "cifar" else None
+        if scape is not None:
+            scape.draw(parent)
     return parent.run_id, markdown, uri

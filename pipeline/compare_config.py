@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from pipeline.config import PARAMS_FILE, TASKS, _check_experiment, build_config
 from pipeline.errors import UsageError
@@ -58,13 +58,20 @@ def _accepted(passed: Mapping[str, str], optimizer: str) -> dict[str, str]:
     return {k: v for k, v in passed.items() if k not in TUNABLE or k in tunable}
 
 
-def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path = PARAMS_FILE) -> CompareConfig:
-    """The sweep's own params, plus every other param passed through to each child's task config."""
-    own_names = {f.name for f in dataclasses.fields(CompareConfig)} - {"children"}
+def split_sweep(section: str, cls: type, overrides: Mapping[str, str] | None,
+                params_file: Path) -> tuple[Any, dict[str, str]]:
+    """A sweep's own config (compare, tune: its fields, validated) and every other param, to pass through to each
+    child's task config."""
+    own_names = {f.name for f in dataclasses.fields(cls)} - {"children"}
     overrides = dict(overrides or {})
     own = {key: value for key, value in overrides.items() if key in own_names}
     passed = {key: value for key, value in overrides.items() if key not in own_names}
-    config = build_config("compare", own, params_file, cls=CompareConfig)
+    return build_config(section, own, params_file, cls=cls), passed
+
+
+def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path = PARAMS_FILE) -> CompareConfig:
+    """The sweep's own params, plus every other param passed through to each child's task config."""
+    config, passed = split_sweep("compare", CompareConfig, overrides, params_file)
     if "optimizer" in passed:
         raise UsageError("compare takes optimizers=a,b,c (a list), not optimizer")
     if str(passed.get("nproc", "1")).strip() not in ("1", ""):

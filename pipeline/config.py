@@ -89,6 +89,10 @@ class CifarConfig:
     compile: bool  # torch.compile the model (minutes of compiling first; pays off on long GPU runs)
     nproc: int  # training processes (DistributedDataParallel; torchrun starts them here when > 1)
     sync_bn: bool  # with several processes: BatchNorm over the global batch, as one process would
+    landscape: bool | None  # draw the loss landscape with the path; None: on for one-process CUDA runs
+    landscape_grid: int  # points a side of its grid
+    landscape_images: int  # fixed training images every point is evaluated on
+    landscape_directions: str  # pca (of the paths) or random (filter-normalised)
     target_acc: float  # val_acc (a fraction) whose first crossing time_to_target records
     resume: bool  # continue the latest unfinished run with this config from its checkpoint
     checkpoint_every_s: float  # training seconds between checkpoints (0 = after every epoch)
@@ -120,6 +124,13 @@ class CifarConfig:
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         require(1 <= self.nproc <= 64, "nproc", self.nproc, "an integer in [1, 64] (processes on this machine)")
+        require(3 <= self.landscape_grid <= 201, "landscape_grid", self.landscape_grid, "an integer in [3, 201]")
+        require(2 <= self.landscape_images <= 50_000, "landscape_images", self.landscape_images,
+                "an integer in [2, 50000]")
+        require(self.landscape_directions in ("pca", "random"), "landscape_directions", self.landscape_directions,
+                "pca or random")
+        require(not (self.landscape and self.nproc > 1), "landscape", self.landscape, "false or unset with nproc > 1 "
+                "(one process draws it; run it with nproc=1)")
         require(self.nproc == 1 or self.batch_size >= 2 * self.nproc, "batch_size", self.batch_size, f"at least 2 per process "
                 f"(>= {2 * self.nproc} with nproc={self.nproc}): batch_size is the global batch")
         require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")

@@ -42,10 +42,15 @@ class RunHooks:
     name: str | None = None  # the run's name instead of <optimizer>-<function or model>
     on_open: Callable[[Any], None] | None = None  # gets the open run (a RunLogger)
     on_epoch: Callable[[int, dict], None] | None = None  # (epoch, that epoch's metrics)
+    on_trainer: Callable[[Any], None] | None = None  # gets the cifar Trainer before it trains (a sweep's landscape)
 
     def opened(self, run: Any) -> None:
         if self.on_open is not None:
             self.on_open(run)
+
+    def prepared(self, trainer: Any) -> None:
+        if self.on_trainer is not None:
+            self.on_trainer(trainer)
 
 
 class MemoryLogger:

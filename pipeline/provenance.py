@@ -9,7 +9,8 @@ from typing import Any
 from pipeline.config import PROJECT_ROOT
 
 # Settings that change where or how a run is recorded, not what it computes.
-_NOT_IN_HASH = {"resume", "checkpoint_every_s", "system_metrics", "log_model", "register", "model_name", "experiment"}
+_NOT_IN_HASH = {"resume", "checkpoint_every_s", "system_metrics", "log_model", "register", "model_name", "experiment",
+                "landscape", "landscape_grid", "landscape_images", "landscape_directions"}
 
 
 def config_hash(config: Any) -> str:

@@ -79,6 +79,7 @@ class Member:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     plain: nn.Module | None = None  # the model itself, for evaluation (no collectives), when `model` wraps it
+    record: Callable[[], None] | None = None  # called after every optimizer step (a landscape.Recorder)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -97,6 +98,8 @@ def _step(member: Member, images: torch.Tensor, labels: torch.Tensor, precision:
     member.optimizer.step()
     if member.scheduler is not None:
         member.scheduler.step()
+    if member.record is not None:
+        member.record()
     return loss.detach(), (logits.argmax(1) == labels).sum()
 
 

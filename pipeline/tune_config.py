@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.compare_config import _check_taken, optimizer_list
+from pipeline.compare_config import _check_taken, optimizer_list, split_sweep
 from pipeline.config import PARAMS_FILE, TASKS, _check_experiment, build_config
 from pipeline.errors import UsageError
 from pipeline.functions import get_function
@@ -137,11 +137,7 @@ def _workloads(config: TuneConfig, passed: Mapping[str, str], params_file: Path)
 
 def build_tune(overrides: Mapping[str, str] | None = None, params_file: Path = PARAMS_FILE) -> TuneConfig:
     """The tune's own params, plus every other param passed through to each study's task config."""
-    own_names = {f.name for f in dataclasses.fields(TuneConfig)} - {"children"}
-    overrides = dict(overrides or {})
-    own = {key: value for key, value in overrides.items() if key in own_names}
-    passed = {key: value for key, value in overrides.items() if key not in own_names}
-    config = build_config("tune", own, params_file, cls=TuneConfig)
+    config, passed = split_sweep("tune", TuneConfig, overrides, params_file)
     for key, why in SET_BY_TUNE.items():
         if key in passed:
             raise UsageError(f"{key}: {why}")

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 SAME_PATHS = re.compile(r"^- (toy \d+ starts): same paths: final positions of (\d+) shared starts differ by at most "
@@ -58,3 +60,15 @@ def test_the_pruning_row_trains_fewer_epochs_with_hyperband_on_the_same_points()
     pruned = _study("hyperband", cfg, arrays, torch.device("cpu"), 4)
     assert plain[2] == 4 * 3 and pruned[2] <= plain[2]  # every unpruned trial trains all its epochs
     assert 0.0 <= pruned[1] <= 1.0 and 1e-4 <= pruned[0] <= 1.0
+
+
+def test_the_landscape_row_times_the_drawing_against_the_sweeps_training():
+    import torch
+
+    from bench.landscape import landscape_rows
+
+    (row,) = landscape_rows(torch.device("cpu"), quick=True)
+    drawn, trained = (float(cell.split()[0]) for cell in (row.ours, row.baseline))
+    assert row.name == "landscape 8 opt tiny_cnn" and drawn > 0 and trained > 0
+    assert float(row.ratio.rstrip("x")) == pytest.approx(drawn / trained, rel=0.1, abs=0.06)  # cells are rounded
+    assert "49 grid points and 40 path points" in row.notes[0]
