@@ -18,11 +18,11 @@ from pipeline.distributed import SINGLE, ShardedBatches, World
 from pipeline.errors import EXIT_DIVERGED, EXIT_OK, UsageError
 from pipeline.logger import RunHooks
 from pipeline.models import build_model
-from pipeline.optimizers import build_optimizer
+from pipeline.optimizers import build_optimizer, keeps_two_sequences
 from pipeline.provenance import code_version, config_hash
 from pipeline.runlog import RunLog
 from pipeline.schedulers import build_scheduler
-from pipeline.train import FitState, Member, Precision, fit, schedule_free
+from pipeline.train import FitState, Member, Precision, fit
 
 CHECKPOINT = f"checkpoints/{FILE_NAME}"
 BN_SAMPLE = 4096  # training images a schedule-free run measures BatchNorm statistics on, before each evaluation
@@ -119,7 +119,7 @@ def build_trainer(cfg: CifarConfig, loaders: tuple[CifarLoader, CifarLoader], de
     forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None) if world.size > 1 else None
     forward = torch.compile(forward or model) if cfg.compile else forward
-    bn = train.sample(BN_SAMPLE) if schedule_free(optimizer) else None
+    bn = train.sample(BN_SAMPLE) if keeps_two_sequences(optimizer) else None
     return Trainer(model, optimizer, scheduler, train, val, precision, forward, bn, world)
 
 
@@ -159,7 +159,9 @@ def main(cfg: CifarConfig) -> int:
     the same command in that many processes (torchrun); in a process torchrun started, this is one rank."""
     world = distributed.world_from_env()
     if world.size == 1 and cfg.nproc > 1:
-        resolve_device(cfg.device, nproc=cfg.nproc), load_data(cfg, quiet=True), resume_target(cfg)  # one line
+        resolve_device(cfg.device, nproc=cfg.nproc)  # what the processes would refuse: one line, none started
+        load_data(cfg, quiet=True)
+        resume_target(cfg)
         return launch.relaunch("cifar", as_params(cfg), cfg.nproc)
     if cfg.nproc not in (1, world.size):
         raise UsageError(f"nproc: this process is one of {world.size} that torchrun started; leave nproc at 1")
@@ -226,8 +228,9 @@ def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, paren
         launch.record_run(run.run_id)
         trainer = build_trainer(cfg, loaders, device, world)
         hooks.prepared(trainer)  # a sweep records the path for its own landscape
-        if parent is None and landscape_report.enabled(cfg, device):
-            trainer.recorder = landscape_report.recorder(trainer)
+        own = landscape_report.recorder(trainer) if parent is None and landscape_report.enabled(cfg, device) \
+            else None
+        trainer.recorder = trainer.recorder or own
         log = RunLog(cfg, run, trainer, Path(scratch))
         log.begin({**params, **trainer.split_params()}, arrays)
         state = _resume(log, trainer, run.run_id, scratch) if cfg.resume else None
@@ -235,8 +238,8 @@ def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, paren
             trainer.recorder.resumed(state.epoch)
         state = trainer.fit(cfg, _epoch_callback(log, hooks), state)
         code = log.finish(state, arrays)
-        if code == EXIT_OK and parent is None and trainer.recorder is not None:
-            landscape_report.draw(run, cfg, {cfg.optimizer: trainer.recorder}, arrays, device)
+        if code == EXIT_OK and own is not None:
+            landscape_report.draw(run, cfg, {cfg.optimizer: own}, arrays, device)
         if code != EXIT_OK:
             run.fail()
     return run.run_id, code

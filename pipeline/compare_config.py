@@ -74,9 +74,6 @@ def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path 
     config, passed = split_sweep("compare", CompareConfig, overrides, params_file)
     if "optimizer" in passed:
         raise UsageError("compare takes optimizers=a,b,c (a list), not optimizer")
-    if str(passed.get("nproc", "1")).strip() not in ("1", ""):
-        raise UsageError("nproc: compare trains its children one after another in this process; use nproc with "
-                         "cifar, or lockstep=true to train every optimizer together")
     if config.task == "cifar":  # the champion alias needs registered models
         passed.setdefault("register", passed.get("log_model", "true"))
     names = config.optimizer_list()
@@ -84,6 +81,9 @@ def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path 
     children = tuple(build_config(config.task, {**_accepted(passed, name), "optimizer": name,
                                                 "experiment": config.experiment}, params_file)
                      for name in names)
+    if any(getattr(child, "nproc", 1) > 1 for child in children):
+        raise UsageError("nproc: compare trains its children one after another in this process; use nproc with "
+                         "cifar, or lockstep=true to train every optimizer together")
     if config.seeds > 1 and config.task == "toy" and children[0].start != "random":
         raise UsageError(f"seeds: toy runs differ by seed only with start=random (got start={children[0].start!r})")
     return dataclasses.replace(config, children=children)

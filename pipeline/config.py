@@ -131,8 +131,8 @@ class CifarConfig:
                 "pca or random")
         require(not (self.landscape and self.nproc > 1), "landscape", self.landscape, "false or unset with nproc > 1 "
                 "(one process draws it; run it with nproc=1)")
-        require(self.nproc == 1 or self.batch_size >= 2 * self.nproc, "batch_size", self.batch_size, f"at least 2 per process "
-                f"(>= {2 * self.nproc} with nproc={self.nproc}): batch_size is the global batch")
+        require(self.nproc == 1 or self.batch_size >= 2 * self.nproc, "batch_size", self.batch_size,
+                f"at least 2 per process (>= {2 * self.nproc} with nproc={self.nproc}): batch_size is the global batch")
         require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")
         require(0 <= self.checkpoint_every_s <= 1e9, "checkpoint_every_s", self.checkpoint_every_s,
                  "a number of seconds >= 0 (0 = after every epoch)")

@@ -135,7 +135,7 @@ def _library_spec(text: str) -> OptimizerSpec:
     library = name.split(":")[0]
     return OptimizerSpec(name, import_path(cls), summary_of(cls), tunable=frozenset(k for k in TUNABLE if k in accepted),
                          source=f"{'torch.optim' if library == 'torch' else library}.{cls.__name__}",
-                         elementwise=False, schedule_free=callable(getattr(cls, "eval", None)))
+                         elementwise=False, schedule_free=keeps_two_sequences(cls))
 
 
 def get_spec(name: str) -> OptimizerSpec:
@@ -203,12 +203,17 @@ def build_optimizer(settings: OptimizerSettings, params: Iterable[torch.nn.Param
     return settings.spec.cls(params, **settings.kwargs, **(fast_kwargs(settings.spec) if fast else {}))
 
 
+def keeps_two_sequences(optimizer: torch.optim.Optimizer | type) -> bool:
+    """Whether an optimizer (or its class) is schedule-free: it has train() and eval(), which swap the point
+    where gradients are taken and the averaged weights in and out of the model."""
+    return callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
+
+
 def set_mode(optimizer: torch.optim.Optimizer, training: bool) -> None:
     """A schedule-free optimizer holds two weight sequences: train() puts the point where gradients are taken in
     the model, eval() the averaged weights that are evaluated and kept. A no-op for every other optimizer."""
-    method = getattr(optimizer, "train" if training else "eval", None)
-    if callable(method):
-        method()
+    if keeps_two_sequences(optimizer):
+        getattr(optimizer, "train" if training else "eval")()
 
 
 def check_runs(settings: OptimizerSettings, task: str) -> None:

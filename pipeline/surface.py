@@ -63,6 +63,6 @@ def grid_figures(model: nn.Module, origin: torch.Tensor, plane: Plane, axes: tup
 def path_losses(model: nn.Module, origin: torch.Tensor, deltas: list[torch.Tensor], batches: Batches,
                 precision: Precision) -> list[float]:
     """The loss at each recorded point of a path (its real weights, off the plane as they may be)."""
-    device = next(model.parameters()).device
-    return [loss_at(model, origin.to(device) + delta.to(device, torch.float32), batches, precision)[0]
+    origin = origin.to(next(model.parameters()).device)
+    return [loss_at(model, origin + delta.to(origin.device, torch.float32), batches, precision)[0]
             for delta in deltas]

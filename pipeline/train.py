@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.distributed import SINGLE, World, sum_over_ranks
-from pipeline.optimizers import set_mode
+from pipeline.optimizers import keeps_two_sequences, set_mode
 
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -181,11 +181,6 @@ def evaluate(model: nn.Module, batches: Batches, precision: Precision, num_class
              "eval_time": seconds}, confusion)
 
 
-def schedule_free(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the optimizer keeps separate training and evaluation weights (train() / eval())."""
-    return callable(getattr(optimizer, "eval", None))
-
-
 @torch.no_grad()
 def recompute_batchnorm(model: nn.Module, batches: Batches, precision: Precision) -> None:
     """BatchNorm running statistics measured afresh at the model's current weights: reset, then an exact average
@@ -206,7 +201,7 @@ def evaluation_weights(member: Member, bn_batches: Batches | None, precision: Pr
     """Put the weights that are evaluated (and checkpointed, and logged) in the model. For a schedule-free
     optimizer these are its averaged weights x, whose BatchNorm statistics must be measured again: the running
     ones were gathered at the other sequence y (the schedulefree README's recipe). Others: nothing to do."""
-    if not schedule_free(member.optimizer):
+    if not keeps_two_sequences(member.optimizer):
         return
     set_mode(member.optimizer, training=False)
     if bn_batches is not None:
