@@ -177,13 +177,16 @@ def main(cfg: CifarConfig) -> int:
 def _restore(trainer: Trainer, run_id: str, scratch: str) -> FitState | None:
     """The progress a resumed run continues from (every rank of a job alike): its checkpoint's, or None. Rank 0
     downloads it and hands every rank the same bytes, which each loads as safely as one process would."""
-    saved = tracking.download(run_id, CHECKPOINT, scratch) if trainer.world.main else None
-    data = distributed.broadcast_bytes(saved.read_bytes() if saved is not None else None, trainer.world,
-                                       trainer.precision.device)
-    if data is None:
+    world = trainer.world
+    path = tracking.download(run_id, CHECKPOINT, scratch) if world.main else None
+    if world.size > 1:  # the others get rank 0's bytes, and load them from a file of their own
+        data = distributed.broadcast_bytes(path.read_bytes() if path is not None else None, world,
+                                           trainer.precision.device)
+        if data is not None and not world.main:
+            path = Path(scratch) / f"restored-{world.rank}.pt"
+            path.write_bytes(data)
+    if path is None:
         return None
-    path = Path(scratch) / f"restored-{trainer.world.rank}.pt"
-    path.write_bytes(data)
     return restore_checkpoint(path, trainer.model, trainer.optimizer, trainer.scheduler, trainer.train_batches,
                               f"{CHECKPOINT} of run {run_id}")
 

@@ -79,9 +79,10 @@ def broadcast_bytes(data: bytes | None, world: World, device: torch.device) -> b
 
 class ShardedBatches:
     """Each global batch of `batches` (the same seeded order and augmentation on every rank), cut into this
-    rank's share: (images, labels, per-rank denominator), where images.shape[0] * world.size / denominator
-    weights the rank's loss so that DDP's gradient mean is the mean over the global batch. A last global batch
-    too small for every rank to get two images (BatchNorm in training needs them) is dropped from training."""
+    rank's share: (images, labels, denominator), the denominator being the global batch's size over the number
+    of ranks: each rank's summed loss over it, averaged over ranks by DDP, is the mean over the global batch. A
+    last global batch too small for every rank to get two images (BatchNorm in training needs them) is dropped
+    from training."""
 
     def __init__(self, batches: Iterable, world: World, train: bool) -> None:
         self.batches, self.world, self.train = batches, world, train
@@ -92,8 +93,9 @@ class ShardedBatches:
         return full - (self.train and full > 0 and last < 2 * self.world.size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+        count = len(self)
         for index, (images, labels) in enumerate(self.batches):
-            if index >= len(self):
+            if index >= count:
                 break
             share = torch.tensor_split(torch.arange(labels.shape[0], device=labels.device), self.world.size)
             mine = share[self.world.rank]
