@@ -3,6 +3,7 @@ newest runs of an experiment, an artifact, a model to predict with, a registry a
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -10,6 +11,7 @@ import mlflow
 
 from pipeline.errors import UsageError, one_line
 from pipeline.tracking.experiments import experiment_id_for, set_experiment_tag
+from pipeline.tracking.modelfiles import check_model_folder, load_refusal, pickle_off
 from pipeline.tracking.server import connect, tracking_uri
 
 
@@ -85,14 +87,23 @@ def download(run_id: str, artifact_path: str, folder: str | Path) -> Path | None
 
 def load_predictor(model_uri: str) -> Callable[[Any], Any]:
     """A logged model's predict function (uint8 NHWC images -> class probabilities), or a UsageError naming
-    the URI."""
+    the URI. The model is downloaded, its folder checked to be optlab's pt2 model (modelfiles), and loaded with
+    MLflow's pickle deserialization off: no file of it runs code."""
     import mlflow.pyfunc  # noqa: PLC0415
 
     connect()
-    try:
-        return mlflow.pyfunc.load_model(model_uri).predict
-    except (mlflow.exceptions.MlflowException, OSError, ValueError) as error:
-        raise UsageError(f"model_uri: cannot load {model_uri!r} from {tracking_uri()} ({one_line(error)})") from None
+    where = f"{model_uri!r} from {tracking_uri()}"
+    with tempfile.TemporaryDirectory(prefix="optlab-model-") as folder:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
+        except (mlflow.exceptions.MlflowException, OSError, ValueError) as error:
+            raise UsageError(f"model_uri: cannot load {where} ({one_line(error)})") from None
+        check_model_folder(local, model_uri)
+        with pickle_off():
+            try:
+                return mlflow.pyfunc.load_model(str(local)).predict
+            except Exception as error:  # noqa: BLE001 - a damaged archive can raise almost anything in torch
+                raise UsageError(f"model_uri: cannot load {where} ({load_refusal(error)})") from None
 
 
 def set_alias(model_name: str, run_id: str, alias: str) -> str:
