@@ -247,5 +247,5 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
             parent.set_tags({"seed_runs": ",".join(r.run_id for seed in per_seed[1:] for r in seed)[:5000]})
         uri = crown(parent, records) if cfg.task == "cifar" else None
         if scape is not None:
-            scape.draw(parent)
+            scape.draw(parent, {record.label for record in records if record.diverged})
     return parent.run_id, markdown, uri
