@@ -48,9 +48,10 @@ server: setup
 	PYTHON=$(PY) HOST=$(HOST) PORT=$(PORT) BACKEND=$(BACKEND) AUTH=$(AUTH) STORE_DIR=$(CURDIR) PGDIR=$(PGDIR) \
 		PGPORT=$(PGPORT) scripts/server.sh
 
-# The UI over the embedded default store (the runs made without MLFLOW_TRACKING_URI).
+# The UI over the embedded default store (the runs made without MLFLOW_TRACKING_URI), in a process group of its
+# own that ends with make (Ctrl-C or SIGTERM): see scripts/grouped.sh.
 ui: setup
-	$(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) --backend-store-uri $(STORE)
+	scripts/grouped.sh $(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) --backend-store-uri $(STORE)
 
 # Refresh the README's picture of the UI: a tiny cifar compare, `mlflow ui` on it, headless Chromium on the link
 # the compare printed (needs chromium: apt-get install chromium).

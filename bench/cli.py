@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected rows, print the table on stdout (progress on stderr); exit 0, or 2 on bad input."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    # SIGTERM (`timeout`, make passing one on) as an orderly exit: servers and temporary folders are cleaned up.
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     try:
         device = resolve_device(args.device)
     except ValueError as error:

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,35 +49,65 @@ def _wait_until_up(url: str, process: subprocess.Popen, log_file: Path) -> None:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's own process group (it and its workers), then SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
+    """SIGTERM the server's own process group (it, its uvicorn workers, its job runner and that one's huey
+    consumers), then SIGKILL whatever is left of the group: `mlflow server` itself ignores a SIGTERM to its
+    main process, and a member may outlive the leader."""
     for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)  # the group made by start_new_session: only what we started
         except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _group_alive(process):
+            time.sleep(0.1)
+    process.poll()
+
+
+def _group_alive(process: subprocess.Popen) -> bool:
+    """Whether any process of the server's group is left (the leader is reaped as it goes)."""
+    process.poll()
+    try:
+        os.killpg(process.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (`timeout`, `kill`, make passing one on) raised as SystemExit for the block, so that `finally`
+    blocks run and stop the server, where its default action would end this process on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated) if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL \
+        else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
 def mlflow_server(folder: Path) -> Iterator[str]:
-    """Run `mlflow server` on 127.0.0.1 with its store in `folder`; yields its URL and stops it on exit."""
+    """Run `mlflow server` on 127.0.0.1 with its store in `folder`, in a process group of its own; yields its
+    URL and stops the whole group on exit, SIGTERM included."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
                "--artifacts-destination", str(folder / "artifacts")]  # as `make server`, on a fresh store
     log_file = folder / "server.log"
-    with log_file.open("wb") as log:
+    with _sigterm_as_exit(), log_file.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=folder, start_new_session=True)
-    try:
-        _wait_until_up(url, process, log_file)
-        yield url
-    finally:
-        _stop(process)
+        try:
+            _wait_until_up(url, process, log_file)
+            yield url
+        finally:
+            _stop(process)

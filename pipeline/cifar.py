@@ -160,7 +160,7 @@ def main(cfg: CifarConfig) -> int:
     world = distributed.world_from_env()
     if world.size == 1 and cfg.nproc > 1:
         resolve_device(cfg.device, nproc=cfg.nproc)  # what the processes would refuse: one line, none started
-        load_data(cfg, quiet=True)
+        distributed.check_shares(len(load_data(cfg, quiet=True).train_y), cfg.nproc)
         resume_target(cfg)
         return launch.relaunch("cifar", as_params(cfg), cfg.nproc)
     if cfg.nproc not in (1, world.size):
@@ -170,6 +170,7 @@ def main(cfg: CifarConfig) -> int:
         raise UsageError(f"batch_size: expected at least 2 per process (>= {2 * world.size}), got {cfg.batch_size}")
     device = resolve_device(cfg.device, world)
     arrays = load_data(cfg, quiet=not world.main)
+    distributed.check_shares(len(arrays.train_y), world.size)
     with distributed.job(world, device):
         return run_cifar(cfg, arrays, device, world=world)[1]
 

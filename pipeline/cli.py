@@ -185,4 +185,8 @@ def start(module: str, *args: object, **options: str) -> int:
 
     if _rank() == 0:  # the other processes of a torchrun job never talk to MLflow
         check_server()
+        if module in ENTRIES.values():
+            from pipeline.tracking import check_handed_experiment  # noqa: PLC0415
+
+            check_handed_experiment()
     return runner(*args, **options)

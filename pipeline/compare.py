@@ -245,7 +245,8 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
         if len(per_seed) > 1:
             draw_seeds(parent, cfg.task, per_seed)
             parent.set_tags({"seed_runs": ",".join(r.run_id for seed in per_seed[1:] for r in seed)[:5000]})
-        uri = crown(parent, records) if cfg.task == "cifar" else None
+        # A redraw trains nothing, so it registers nothing: no new model version, the alias left where it is.
+        uri = crown(parent, records) if cfg.task == "cifar" and not cfg.from_runs else None
         if scape is not None:
-            scape.draw(parent)
+            scape.draw(parent, {record.label for record in records if record.diverged})
     return parent.run_id, markdown, uri

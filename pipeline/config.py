@@ -123,16 +123,12 @@ class CifarConfig:
         require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        require(1 <= self.nproc <= 64, "nproc", self.nproc, "an integer in [1, 64] (processes on this machine)")
+        self._check_processes()
         require(3 <= self.landscape_grid <= 201, "landscape_grid", self.landscape_grid, "an integer in [3, 201]")
         require(2 <= self.landscape_images <= 50_000, "landscape_images", self.landscape_images,
                 "an integer in [2, 50000]")
         require(self.landscape_directions in ("pca", "random"), "landscape_directions", self.landscape_directions,
                 "pca or random")
-        require(not (self.landscape and self.nproc > 1), "landscape", self.landscape, "false or unset with nproc > 1 "
-                "(one process draws it; run it with nproc=1)")
-        require(self.nproc == 1 or self.batch_size >= 2 * self.nproc, "batch_size", self.batch_size,
-                f"at least 2 per process (>= {2 * self.nproc} with nproc={self.nproc}): batch_size is the global batch")
         require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")
         require(0 <= self.checkpoint_every_s <= 1e9, "checkpoint_every_s", self.checkpoint_every_s,
                  "a number of seconds >= 0 (0 = after every epoch)")
@@ -140,6 +136,18 @@ class CifarConfig:
         require(bool(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", self.model_name)), "model_name", self.model_name,
                  "a name of letters, digits, '_', '.', '-'")
         require(self.log_model or not self.register, "register", self.register, "false when log_model=false")
+
+    def _check_processes(self) -> None:
+        """nproc and what it needs: every process trains at least 2 images (BatchNorm) of every batch it gets,
+        and gets some in every epoch (distributed.ShardedBatches drops a batch too small to give each two)."""
+        require(1 <= self.nproc <= 64, "nproc", self.nproc, "an integer in [1, 64] (processes on this machine)")
+        require(not (self.landscape and self.nproc > 1), "landscape", self.landscape, "false or unset with nproc > 1 "
+                "(one process draws it; run it with nproc=1)")
+        require(self.nproc == 1 or self.batch_size >= 2 * self.nproc, "batch_size", self.batch_size,
+                f"at least 2 per process (>= {2 * self.nproc} with nproc={self.nproc}): batch_size is the global batch")
+        require(self.nproc == 1 or self.train_limit == 0 or self.train_limit >= 2 * self.nproc, "train_limit",
+                self.train_limit, f"0 (all) or at least 2 per process (>= {2 * self.nproc} with nproc={self.nproc}): "
+                "a process with fewer trains no image")
 
     @functools.cached_property
     def optimizer_settings(self) -> OptimizerSettings:

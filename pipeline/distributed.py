@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.errors import UsageError
+
 
 @dataclass(frozen=True)
 class World:
@@ -100,6 +102,15 @@ class ShardedBatches:
             share = torch.tensor_split(torch.arange(labels.shape[0], device=labels.device), self.world.size)
             mine = share[self.world.rank]
             yield images[mine], labels[mine], labels.shape[0] / self.world.size
+
+
+def check_shares(images: int, processes: int) -> None:
+    """Refuse training data that leaves a process without a batch: with batch_size >= 2 per process (checked in
+    the config), every process gets 2 images or more of a batch each epoch exactly when there are 2 per process in
+    all (ShardedBatches drops a batch too small to give each two; a process with no batch trains nothing)."""
+    if processes > 1 and images < 2 * processes:
+        raise UsageError(f"train_limit: {images} training images give {processes} processes fewer than 2 each; "
+                         f"use at least {2 * processes} (or fewer processes)")
 
 
 class _SumOverRanks(torch.autograd.Function):

@@ -13,6 +13,10 @@ RECORD_PER_EPOCH = 4  # snapshots of the weights per epoch, evenly spaced, the l
 CHUNK = 1 << 18  # parameters per block of the sums over the weight vector: 168 points x 2^18 x 8 bytes = 352 MB
 
 
+class NotDrawable(ValueError):
+    """The recorded paths give no landscape to draw (the message says why); the runs themselves are fine."""
+
+
 def flat(params: Iterable[torch.Tensor]) -> torch.Tensor:
     """The parameters as one float32 vector, on their device."""
     return torch.cat([p.detach().reshape(-1).float() for p in params])
@@ -22,7 +26,8 @@ def flat(params: Iterable[torch.Tensor]) -> torch.Tensor:
 class Recorder:
     """One optimizer's path: its weights' distance from the start at RECORD_PER_EPOCH evenly spaced steps of
     every epoch, as float16 on the host (half of float32's memory; a distance needs no more digits than a plot
-    shows). Called after every optimizer step; a non-finite point ends the path there."""
+    shows). Called after every optimizer step; a point that is not finite in float16 (a diverged run, or weights
+    that moved past float16's range) ends the path there."""
 
     params: list[torch.Tensor]
     steps_per_epoch: int
@@ -48,12 +53,13 @@ class Recorder:
         self.done += 1
         if self.broken or (self.done - 1) % self.steps_per_epoch + 1 not in self.marks:
             return
-        delta = flat(self.params) - self.origin
+        # Checked as stored: a finite float32 distance past float16's 65,504 would be stored as inf.
+        delta = (flat(self.params) - self.origin).to("cpu", torch.float16)
         if not bool(torch.isfinite(delta).all()):
             self.broken = True
             return
         self.steps.append(self.done)
-        self.deltas.append(delta.to("cpu", torch.float16))
+        self.deltas.append(delta)
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,8 @@ def pca_plane(deltas: list[torch.Tensor], seed: int = 0) -> Plane:
     values, vectors = torch.linalg.eigh(gram)  # ascending
     total = float(values.clamp_min(0).sum())
     if total <= 0:
-        raise ValueError("every recorded point is the start: no path to draw a plane through")
+        raise NotDrawable("every recorded point is the start (no weight moved by more than float16 resolves, "
+                          "about 6e-8): no path to draw a plane through")
     top, scale = vectors[:, [-1, -2]], values[[-1, -2]].clamp_min(0)
     directions = _combine(top / scale.clamp_min(1e-300).sqrt(), deltas)
     if float(scale[1]) <= 1e-12 * float(scale[0]):  # one line: any orthogonal direction draws it exactly

@@ -5,8 +5,9 @@ and landscape_paths.csv (optimizer, step, x, y, loss)."""
 from __future__ import annotations
 
 import io
+import sys
 import time
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ import torch
 from pipeline import landscapeplots, surface
 from pipeline.config import CifarConfig
 from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader
-from pipeline.landscape import Recorder, grid_axes, pca_plane, project, random_plane
+from pipeline.errors import one_line
+from pipeline.landscape import NotDrawable, Recorder, grid_axes, pca_plane, project, random_plane
 from pipeline.logger import RunHooks, RunLogger
 from pipeline.models import build_model
 from pipeline.train import Precision
@@ -51,16 +53,37 @@ def _csv(header: str, rows: list[tuple]) -> str:
 
 
 def draw(run: RunLogger, cfg: CifarConfig, recorders: Mapping[str, Recorder], arrays: CifarArrays,
-         device: torch.device) -> None:
-    """Compute the landscape of the recorded paths (all from one start) and log its plots and tables."""
+         device: torch.device, left_out: Iterable[str] = ()) -> bool:
+    """Compute the landscape of the recorded paths (all from one start; those of `left_out`, diverged runs,
+    not) and log its plots and tables; returns whether it was drawn. One that cannot be drawn (no path left the
+    start, every run diverged) is one warning line and the run's tag `landscape_skipped`: the runs trained
+    well, and the run keeps its status."""
+    left_out = sorted(set(left_out) & set(recorders))
+    try:
+        if left_out and len(left_out) == len(recorders):
+            raise NotDrawable(f"every run diverged ({', '.join(left_out)}): no path to draw")
+        if left_out:
+            print(f"landscape: leaving out {', '.join(left_out)} (diverged)")
+        _draw(run, cfg, {label: r for label, r in recorders.items() if label not in left_out}, arrays, device)
+        return True
+    except (ValueError, torch.linalg.LinAlgError) as error:  # NotDrawable says why; the others as they are
+        why = str(error) if isinstance(error, NotDrawable) else f"the plane could not be computed ({one_line(error)})"
+        print(f"warning: landscape not drawn: {why}", file=sys.stderr)
+        run.set_tags({"landscape_skipped": why[:5000]})
+        return False
+
+
+def _draw(run: RunLogger, cfg: CifarConfig, recorders: Mapping[str, Recorder], arrays: CifarArrays,
+          device: torch.device) -> None:
+    """draw()'s work: the plane, the grid's and the paths' losses, logged."""
     began = time.perf_counter()
     paths = {label: r for label, r in recorders.items() if len(r.deltas) > 1}
     if not paths:
-        print("landscape: no path has a recorded point past its start (every run diverged at once); none drawn")
-        return
+        raise NotDrawable("no path has a recorded point past its start (every run diverged, or its weights "
+                          "left float16's range, before its first recorded step)")
     origin = next(iter(paths.values())).origin
     if any(not torch.equal(r.origin, origin) for r in paths.values()):
-        raise ValueError("landscape: the paths do not share one start (different seeds or models)")
+        raise NotDrawable("the paths do not share one start (different seeds or models)")
     model = build_model(cfg.model, len(CIFAR_CLASSES), cfg.pretrained).to(device)
     plane = pca_plane([d for r in paths.values() for d in r.deltas], cfg.seed) if cfg.landscape_directions == "pca" \
         else random_plane([p.cpu() for p in _split(origin, model)], cfg.seed)
@@ -68,6 +91,8 @@ def draw(run: RunLogger, cfg: CifarConfig, recorders: Mapping[str, Recorder], ar
     axes = grid_axes(torch.cat(list(coords.values())), cfg.landscape_grid, least=1.0 if plane.kind == "random" else 0)
     precision, images = Precision(device), _images(cfg, arrays, device)
     figures = surface.grid_figures(model, origin, plane, axes, images, precision)
+    if not bool(torch.isfinite(figures.loss).any()):
+        raise NotDrawable("the loss is not finite at any point of the grid")
     losses = {label: surface.path_losses(model, origin, r.deltas, images, precision) for label, r in paths.items()}
     _log(run, cfg, plane, figures, {label: (coords[label], losses[label], paths[label].steps) for label in paths})
     points = sum(len(r.deltas) for r in paths.values())
@@ -117,5 +142,6 @@ class SweepLandscape:
         """What a solo child run is handed to record its path."""
         return RunHooks(on_trainer=lambda trainer: self.attach(cfg, trainer))
 
-    def draw(self, run: RunLogger) -> None:
-        draw(run, self.cfg, self.recorders, self.arrays, self.device)
+    def draw(self, run: RunLogger, diverged: Iterable[str] = ()) -> bool:
+        """The landscape on the parent `run`, without the paths of the `diverged` optimizers' runs."""
+        return draw(run, self.cfg, self.recorders, self.arrays, self.device, diverged)

@@ -43,8 +43,10 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_agent() -> Iterator[None]:
     """torchrun's agent logs every start and failure at length, and installs signal handlers: keep its lines
-    off the terminal (this module reports in one line) and give the caller its handlers back."""
-    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.distributed.run")]
+    off the terminal (this module reports in one line) and give the caller its handlers back. Its modules' loggers
+    each set their own level (so a parent's does not reach them): every one is quietened."""
+    names = [name for name in logging.root.manager.loggerDict if name.startswith("torch.distributed")]
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.distributed.run", *names)]
     levels = [logger.level for logger in loggers]
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for logger in loggers:
@@ -80,10 +82,26 @@ def relaunch(section: str, params: Mapping[str, str], nproc: int) -> int:
                 run(args)
         except ChildFailedError as error:
             return _report(error, run_file, nproc)
-        except (SignalException, KeyboardInterrupt):
+        except (SignalException, KeyboardInterrupt):  # Ctrl-C, or SIGTERM: the agent stopped every process
             print("interrupted: open runs are marked KILLED", file=sys.stderr)
+            _end_run(run_file, None)
             return EXIT_INTERRUPTED
     return 0
+
+
+def _end_run(run_file: Path, message: str | None) -> None:
+    """The job's run (rank 0's, else the one `mlflow run` made), if there is one: FAILED saying `message`, or
+    KILLED (None) after an interrupt, whatever rank 0 said when the agent stopped it."""
+    run_id = run_file.read_text(encoding="utf-8").strip() if run_file.is_file() else \
+        os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    from pipeline import tracking  # noqa: PLC0415
+
+    if message is None:
+        tracking.kill_run(run_id)
+    else:
+        tracking.fail_run(run_id, message)
 
 
 def _report(error: object, run_file: Path, nproc: int) -> int:
@@ -97,11 +115,6 @@ def _report(error: object, run_file: Path, nproc: int) -> int:
     message = (f"process {first_rank} of {nproc} (pid {first.pid}) {how}; torchrun stopped the others. "
                "resume=true continues the run from its last checkpoint")
     print(f"error: {message}", file=sys.stderr)
-    run_id = run_file.read_text(encoding="utf-8").strip() if run_file.is_file() else \
-        os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
-        from pipeline import tracking  # noqa: PLC0415
-
-        tracking.fail_run(run_id, message)
+    _end_run(run_file, message)
     return EXIT_WORKER_DIED
 

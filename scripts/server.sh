@@ -50,18 +50,28 @@ case "$AUTH" in
     *) die "AUTH=$AUTH: use true or false" ;;
 esac
 
+# The server runs in a process group of its own (scripts/grouped.sh), which goes down with this script: on
+# Ctrl-C, on SIGTERM (make passes one on; `timeout` sends one) and on any other end, then PostgreSQL stops.
+source "$REPO/scripts/grouped.sh"
+postgres_up=false
+cleanup() {
+    stop_grouped
+    if $postgres_up && [ -f "$PGDIR/data/postmaster.pid" ]; then "$REPO/scripts/postgres.sh" stop "$PGDIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 case "$BACKEND" in
     sqlite)
-        exec "$PYTHON" -m mlflow server "${args[@]}" --backend-store-uri "sqlite:///$STORE_DIR/mlflow.db" "$@" ;;
+        run_grouped "$PYTHON" -m mlflow server "${args[@]}" --backend-store-uri "sqlite:///$STORE_DIR/mlflow.db" "$@" ;;
     postgres)
+        postgres_up=true  # set first: a start interrupted half-way is stopped too
         uri=$("$REPO/scripts/postgres.sh" start "$PGDIR" "$PGPORT" mlflow optuna)  # optuna: tune's study storage
         uri="postgresql+psycopg2://${uri#postgresql://}"  # SQLAlchemy 2.1 would pick psycopg 3; we ship psycopg2
         export PGPASSFILE="$PGDIR/pgpass"  # libpq (psycopg2) reads the password from here
-        trap '"$REPO/scripts/postgres.sh" stop "$PGDIR"' EXIT
-        trap 'exit 130' INT
-        trap 'exit 143' TERM
         echo "PostgreSQL: $uri (data in $PGDIR; psql needs PGPASSFILE=$PGPASSFILE)"
         echo "tune's study storage: -P storage=${uri%/mlflow}/optuna (with PGPASSFILE=$PGPASSFILE)"
-        "$PYTHON" -m mlflow server "${args[@]}" --backend-store-uri "$uri" "$@" ;;
+        run_grouped "$PYTHON" -m mlflow server "${args[@]}" --backend-store-uri "$uri" "$@" ;;
     *) die "BACKEND=$BACKEND: use sqlite or postgres" ;;
 esac

@@ -3,6 +3,7 @@
 its block. Several can be open at once (lockstep children), each logging from any thread."""
 from __future__ import annotations
 
+import shlex
 import time
 import warnings
 from contextlib import contextmanager
@@ -202,6 +203,26 @@ def handed_run_tags() -> dict[str, str] | None:
     return dict(connect().get_run(run_id).data.tags) if run_id else None
 
 
+def check_handed_experiment() -> None:
+    """`-P experiment=X` under `mlflow run`, whose run went to another experiment (the one --experiment-name
+    names, else Default) before this process started: refused, since a run cannot move. `mlflow run` logs the raw
+    -P strings on a run it makes, so a fresh one (no `task` tag of ours yet) has param `experiment` only when the
+    user gave it."""
+    run_id = handed_run_id()
+    if not run_id:
+        return
+    client = connect()
+    run = client.get_run(run_id)
+    asked = run.data.params.get("experiment")
+    if asked is None or "task" in run.data.tags:
+        return
+    actual = client.get_experiment(run.info.experiment_id).name
+    if asked != actual:
+        raise UsageError(f"experiment: `mlflow run` made its run in experiment {actual!r} before optlab started, "
+                         f"and a run cannot move; pass --experiment-name {shlex.quote(asked)} to `mlflow run` "
+                         f"instead of -P experiment={shlex.quote(asked)}")
+
+
 def existing_run(run_id: str) -> Run:
     """A handle on a stored run, to nest new runs under it (its status is left as it is)."""
     client = connect()
@@ -227,6 +248,23 @@ def end_run(run_id: str, status: str) -> None:
     """End run `run_id` with `status` (FINISHED, FAILED, KILLED); best effort when the store fails."""
     try:
         connect().set_terminated(run_id, status)
+    except Exception as error:  # noqa: BLE001
+        if not is_store_error(error):
+            raise
+
+
+def kill_run(run_id: str) -> None:
+    """End run `run_id` KILLED (interrupted) unless it FINISHED, dropping the failure its processes wrote as
+    they were stopped. Best effort when the store fails."""
+    try:
+        client = connect()
+        found = client.get_run(run_id)
+        if found.info.status == FINISHED:
+            return
+        for key in ("error", "mlflow.note.content"):
+            if key in found.data.tags and (key == "error" or found.data.tags[key].startswith("**Failed:**")):
+                client.delete_tag(run_id, key)
+        client.set_terminated(run_id, KILLED)
     except Exception as error:  # noqa: BLE001
         if not is_store_error(error):
             raise
