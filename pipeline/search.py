@@ -42,27 +42,62 @@ def redacted(url: str) -> str:
         return url.split("@")[-1]
 
 
-def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> Any:
+# A URL that names no driver gets the first installed of these (SQLAlchemy's own default, psycopg 3 or
+# mysqlclient, is not in requirements.txt): scheme -> (driver, module, pip package), in order of preference.
+DRIVERS = {"postgresql": (("psycopg2", "psycopg2", "psycopg2-binary"), ("psycopg", "psycopg", "psycopg")),
+           "mysql": (("pymysql", "pymysql", "pymysql"), ("mysqldb", "MySQLdb", "mysqlclient"))}
+
+
+def engine_url(url: str) -> str:
+    """The URL SQLAlchemy is given: `postgresql://...` as `postgresql+psycopg2://...` (the installed driver);
+    a URL whose driver is not installed is one UsageError."""
+    import importlib.util  # noqa: PLC0415
+
+    scheme, _, rest = url.partition("://")
+    if scheme not in DRIVERS:
+        return url
+    for driver, module, _ in DRIVERS[scheme]:
+        if importlib.util.find_spec(module):
+            return f"{scheme}+{driver}://{rest}"
+    raise UsageError(f"storage: no {scheme} driver is installed for {redacted(url)}: pip install "
+                     f"{DRIVERS[scheme][0][2]}")
+
+
+def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[optuna.Study, FrozenTrial], None] | None) -> Any:
     """Optuna's RDB storage at `url` (SQLite for one machine, PostgreSQL for many), with heartbeats; a database
     that cannot be reached is one UsageError. Workers that start together on an empty database race to create
     its tables: the losers try again, and then find them."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError  # noqa: PLC0415
+    from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError  # noqa: PLC0415
 
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    engine: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else \
+        {"pool_pre_ping": True, "connect_args": {} if "connect_timeout=" in url else {"connect_timeout": 10}}
+    target = engine_url(url)
     for attempt in range(SCHEMA_TRIES):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                return optuna.storages.RDBStorage(target, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                                                   grace_period=GRACE_BEATS * heartbeat_s,
                                                   heartbeat_stale_trial_callback=on_stale)
             except (IntegrityError, ProgrammingError) as error:
                 if attempt + 1 == SCHEMA_TRIES:
                     raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
                 time.sleep(1.0 + random.random())
+            except (OperationalError, InterfaceError) as error:
+                if url.startswith("sqlite"):  # a file that cannot be opened or written
+                    raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
+                raise UsageError(f"storage: cannot open {redacted(url)}: could not connect to its database server "
+                                 f"({_reason(error)}); check that it runs and that host, port, database and login "
+                                 "(PGPASSFILE) are right") from None
             except Exception as error:  # noqa: BLE001 - any driver's error: the user's URL or database
                 raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
     raise AssertionError("unreachable")
+
+
+def _reason(error: Exception) -> str:
+    """The driver's own words for a failed connection (SQLAlchemy wraps them in its type and a link), one line."""
+    cause = getattr(error, "orig", None) or error
+    return " ".join(str(cause).split())[:300] or type(cause).__name__
 
 
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
