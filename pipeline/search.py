@@ -145,15 +145,6 @@ def suggest(trial: Trial, dims: tuple[str, ...], bounds: Bounds) -> dict[str, fl
     return {dim: trial.suggest_float(dim, *bounds[dim], log=True) for dim in dims}
 
 
-def claim(storage: Any, name: str) -> bool:
-    """Create study `name`; True for the one process that created it, False for every other."""
-    try:
-        optuna.create_study(storage=storage, study_name=name)
-        return True
-    except optuna.exceptions.DuplicatedStudyError:
-        return False
-
-
 def classified(study: optuna.Study) -> list[tuple[FrozenTrial, str]]:
     """Each trial with its state name (lower case); failed ones told apart as `surplus` (never run) and
     `retried` (their worker died and a copy was queued), so `fail` is a trial that failed by itself."""
