@@ -26,6 +26,7 @@ MAX_RETRIES = 3  # a trial whose workers keep dying is retried at most this ofte
 GRACE_BEATS = 3  # heartbeats a trial may miss before it counts as dead
 SCHEMA_TRIES = 4  # attempts to open a storage whose tables another worker is creating
 Bounds = dict[str, tuple[float, float]]  # dimension -> (low, high), searched log-uniform
+_UNSTARTED: dict[tuple[str, int], float] = {}  # (study, trial number) -> when this process first saw it RUNNING
 
 
 class Surplus(Exception):
@@ -184,11 +185,21 @@ def has_room(study: optuna.Study, budget: int) -> bool:
     return bool(found["waiting"]) or found["complete"] + found["pruned"] + found["running"] < budget
 
 
-def fail_stale(study: optuna.Study) -> None:
-    """Fail (and queue again) the trials of workers that stopped sending heartbeats."""
+def fail_stale(study: optuna.Study, grace_s: float) -> None:
+    """Fail (and queue again) the trials of workers that stopped sending heartbeats, and those of workers that
+    died before their first (Optuna never finds those stale): RUNNING, never `started`, for `grace_s` here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    now = time.monotonic()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        first = _UNSTARTED.setdefault((study.study_name, trial.number), now)
+        if trial.user_attrs.get("started") == trial.number or now - first <= grace_s:
+            continue
+        try:  # the process that ends it queues it again; another that tried at once finds it ended
+            retry(study, study.tell(trial.number, state=TrialState.FAIL))
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            pass
 
 
 def _within_budget(study: optuna.Study, trial: Trial, budget: int) -> bool:
@@ -201,6 +212,7 @@ def run_one(study: optuna.Study, budget: int, objective: Callable[[Trial], float
     failures end the trial FAILED and are not raised (the objective reports them); Ctrl-C is, and the
     interrupted point is queued again."""
     def guarded(trial: Trial) -> float:
+        _mark_started(trial)
         if not _within_budget(study, trial, budget):
             trial.set_user_attr("surplus", True)
             raise Surplus(f"trial {trial.number} is beyond the budget of {budget}")
@@ -212,6 +224,16 @@ def run_one(study: optuna.Study, budget: int, objective: Callable[[Trial], float
             raise
 
     study.optimize(guarded, n_trials=1, catch=(Exception,))
+
+
+def _mark_started(trial: Trial) -> None:
+    """A heartbeat, then the mark `started` (this trial's number: a retry inherits its original's user attrs): a
+    trial marked so is one Optuna finds stale should its worker die; one never marked, fail_stale fails."""
+    storage = trial.storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)():
+        study_id = storage.get_study_id_from_name(trial.study.study_name)
+        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+    trial.set_user_attr("started", trial.number)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:

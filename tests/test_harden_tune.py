@@ -428,3 +428,27 @@ def test_with_a_gpu_each_the_workers_train_to_the_end_however_long(tracking, sto
     assert all(r.info.status == "FINISHED" for r in runs)
     done_by = {r.data.tags["worker"] for r in runs if r.data.tags.get("role") in ("trial", "default", "seed")}
     assert {int(worker.rsplit(":", 1)[1]) for worker in done_by} == workers
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_run_again(tracking, store_uri):
+    """A worker killed (or interrupted) between Optuna's ask and its first heartbeat leaves a RUNNING trial Optuna
+    never finds stale. Before: it held the study's place for good, and every later command waited forever."""
+    from pipeline.tune_config import build_tune
+
+    params = {"optimizers": "adam", "functions": "booth", "trials": "1", "seeds": "1", "steps": "5", "starts": "2",
+              "heartbeat_s": "1", "experiment": new_experiment()}
+    cfg = build_tune(params)
+    study = optuna.create_study(storage=_storage(store_uri), study_name=cfg.study_name(cfg.children[0]),
+                                direction="minimize")
+    study.ask()  # from a storage without heartbeats: as a worker killed before its first one leaves it
+    done = subprocess.run([sys.executable, "-m", "pipeline", "tune",
+                           *[part for key, value in params.items() for part in (f"--{key}", value)]], cwd=REPO,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": store_uri}, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from pipeline import search
+
+    study = optuna.load_study(study_name=study.study_name, storage=_storage(store_uri))
+    assert search.counts(study) == {"complete": 1, "pruned": 0, "running": 0, "waiting": 0, "fail": 0,
+                                    "surplus": 0, "retried": 1}
+    assert all(r.info.status == "FINISHED" for r in runs_of(tracking, params["experiment"]))
