@@ -24,7 +24,7 @@ from pipeline.trials import RunIds, Worker, cifar_inputs, on_stale
 from pipeline.tune_config import TuneConfig
 from pipeline.tune_report import collect, report
 
-JOIN_TIMEOUT_S = 300  # how long a joining worker waits for the first one to create the MLflow runs
+JOIN_TIMEOUT_S = 300  # how long a command waits for another, alive, that is creating the MLflow runs
 STOP_TIMEOUT_S = 30  # how long an interrupted command waits for its workers to end their runs
 ATTEMPT_TAG = "tune_attempt"  # on the parent and per-optimizer runs: which try at creating them made them
 
@@ -45,7 +45,7 @@ def _parent_params(cfg: TuneConfig) -> dict[str, str]:
                 storage_url(cfg)), "tune_key": cfg.key()}
 
 
-def create_runs(cfg: TuneConfig, token: str = "") -> RunIds:
+def create_runs(cfg: TuneConfig, token: str) -> RunIds:
     """The parent run and one child per (optimizer, workload), left RUNNING for the workers; each tagged with
     `token` (tag `tune_attempt`), so that a command that dies while creating them leaves none nobody can find."""
     tags = {"task": "tune", "tune_task": cfg.task, "tune_key": cfg.key(), ATTEMPT_TAG: token}  # `sweeps`: below
