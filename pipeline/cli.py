@@ -1,6 +1,7 @@
 """Command line: `python -m pipeline <entry> --key value ...`; parse, validate up front, dispatch, exit codes.
 
-Exit codes: 0 success, 1 internal error, 2 bad input (one line on stderr), 3 training diverged.
+Exit codes: 0 success, 1 internal error, 2 bad input (one line on stderr), 3 training diverged; the rest in
+errors.py.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Sequence
 
 from pipeline.compare_config import build_compare
 from pipeline.config import PARAMS_FILE, build_config
-from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WORKER_DIED, UsageError, one_line
+from pipeline.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, EXIT_WORKER_DIED, Terminated,
+                             UsageError, one_line)
 
 # entry point -> module whose main(config) runs it; imported only after the params are validated
 ENTRIES = {"toy": "pipeline.toy", "cifar": "pipeline.cifar", "compare": "pipeline.compare",
@@ -80,9 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dispatch(args[0], args[1:])
     except UsageError as error:
         return refuse(str(error))
-    except KeyboardInterrupt:
-        print("interrupted: open runs are marked KILLED", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"{'terminated' if terminated else 'interrupted'}: open runs are marked KILLED", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - a store that is down or unwritable is one line; a bug is not
         if worker_lost(error):
             return EXIT_WORKER_DIED

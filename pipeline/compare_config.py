@@ -43,6 +43,9 @@ def optimizer_list(text: str, task: str) -> list[str]:
     given. Sets: default (toy: every registered optimizer that runs on a 2-D point; cifar: notebook), notebook (its
     seven plus nesterov), modern (today's, with adamw and nesterov as references), all."""
     parts = [part.strip() for part in (text.strip() or "default").split(",") if part.strip()]
+    if not parts:  # ",", " , ": a list with no name in it, not the default
+        raise UsageError(f"optimizers: expected a comma list of optimizer names or sets ({', '.join(SET_NAMES)}), "
+                         f"got {text!r}; leave it empty for the default set")
     names = list(dict.fromkeys(name for part in parts for name in named_set(part, task) or [part]))
     for name in names:
         try:

@@ -26,6 +26,7 @@ MAX_RETRIES = 3  # a trial whose workers keep dying is retried at most this ofte
 GRACE_BEATS = 3  # heartbeats a trial may miss before it counts as dead
 SCHEMA_TRIES = 4  # attempts to open a storage whose tables another worker is creating
 Bounds = dict[str, tuple[float, float]]  # dimension -> (low, high), searched log-uniform
+_UNSTARTED: dict[tuple[str, int], float] = {}  # (study, trial number) -> when this process first saw it RUNNING
 
 
 class Surplus(Exception):
@@ -42,27 +43,62 @@ def redacted(url: str) -> str:
         return url.split("@")[-1]
 
 
-def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> Any:
+# A URL that names no driver gets the first installed of these (SQLAlchemy's own default, psycopg 3 or
+# mysqlclient, is not in requirements.txt): scheme -> (driver, module, pip package), in order of preference.
+DRIVERS = {"postgresql": (("psycopg2", "psycopg2", "psycopg2-binary"), ("psycopg", "psycopg", "psycopg")),
+           "mysql": (("pymysql", "pymysql", "pymysql"), ("mysqldb", "MySQLdb", "mysqlclient"))}
+
+
+def engine_url(url: str) -> str:
+    """The URL SQLAlchemy is given: `postgresql://...` as `postgresql+psycopg2://...` (the installed driver);
+    a URL whose driver is not installed is one UsageError."""
+    import importlib.util  # noqa: PLC0415
+
+    scheme, _, rest = url.partition("://")
+    if scheme not in DRIVERS:
+        return url
+    for driver, module, _ in DRIVERS[scheme]:
+        if importlib.util.find_spec(module):
+            return f"{scheme}+{driver}://{rest}"
+    raise UsageError(f"storage: no {scheme} driver is installed for {redacted(url)}: pip install "
+                     f"{DRIVERS[scheme][0][2]}")
+
+
+def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[optuna.Study, FrozenTrial], None] | None) -> Any:
     """Optuna's RDB storage at `url` (SQLite for one machine, PostgreSQL for many), with heartbeats; a database
     that cannot be reached is one UsageError. Workers that start together on an empty database race to create
     its tables: the losers try again, and then find them."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError  # noqa: PLC0415
+    from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError  # noqa: PLC0415
 
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    engine: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else \
+        {"pool_pre_ping": True, "connect_args": {} if "connect_timeout=" in url else {"connect_timeout": 10}}
+    target = engine_url(url)
     for attempt in range(SCHEMA_TRIES):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                return optuna.storages.RDBStorage(target, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                                                   grace_period=GRACE_BEATS * heartbeat_s,
                                                   heartbeat_stale_trial_callback=on_stale)
             except (IntegrityError, ProgrammingError) as error:
                 if attempt + 1 == SCHEMA_TRIES:
                     raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
                 time.sleep(1.0 + random.random())
+            except (OperationalError, InterfaceError) as error:
+                if url.startswith("sqlite"):  # a file that cannot be opened or written
+                    raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
+                raise UsageError(f"storage: cannot open {redacted(url)}: could not connect to its database server "
+                                 f"({_reason(error)}); check that it runs and that host, port, database and login "
+                                 "(PGPASSFILE) are right") from None
             except Exception as error:  # noqa: BLE001 - any driver's error: the user's URL or database
                 raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
     raise AssertionError("unreachable")
+
+
+def _reason(error: Exception) -> str:
+    """The driver's own words for a failed connection (SQLAlchemy wraps them in its type and a link), one line."""
+    cause = getattr(error, "orig", None) or error
+    return " ".join(str(cause).split())[:300] or type(cause).__name__
 
 
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -110,15 +146,6 @@ def suggest(trial: Trial, dims: tuple[str, ...], bounds: Bounds) -> dict[str, fl
     return {dim: trial.suggest_float(dim, *bounds[dim], log=True) for dim in dims}
 
 
-def claim(storage: Any, name: str) -> bool:
-    """Create study `name`; True for the one process that created it, False for every other."""
-    try:
-        optuna.create_study(storage=storage, study_name=name)
-        return True
-    except optuna.exceptions.DuplicatedStudyError:
-        return False
-
-
 def classified(study: optuna.Study) -> list[tuple[FrozenTrial, str]]:
     """Each trial with its state name (lower case); failed ones told apart as `surplus` (never run) and
     `retried` (their worker died and a copy was queued), so `fail` is a trial that failed by itself."""
@@ -158,11 +185,21 @@ def has_room(study: optuna.Study, budget: int) -> bool:
     return bool(found["waiting"]) or found["complete"] + found["pruned"] + found["running"] < budget
 
 
-def fail_stale(study: optuna.Study) -> None:
-    """Fail (and queue again) the trials of workers that stopped sending heartbeats."""
+def fail_stale(study: optuna.Study, grace_s: float) -> None:
+    """Fail (and queue again) the trials of workers that stopped sending heartbeats, and those of workers that
+    died before their first (Optuna never finds those stale): RUNNING, never `started`, for `grace_s` here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    now = time.monotonic()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        first = _UNSTARTED.setdefault((study.study_name, trial.number), now)
+        if trial.user_attrs.get("started") == trial.number or now - first <= grace_s:
+            continue
+        try:  # the process that ends it queues it again; another that tried at once finds it ended
+            retry(study, study.tell(trial.number, state=TrialState.FAIL))
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            pass
 
 
 def _within_budget(study: optuna.Study, trial: Trial, budget: int) -> bool:
@@ -175,6 +212,7 @@ def run_one(study: optuna.Study, budget: int, objective: Callable[[Trial], float
     failures end the trial FAILED and are not raised (the objective reports them); Ctrl-C is, and the
     interrupted point is queued again."""
     def guarded(trial: Trial) -> float:
+        _mark_started(trial)
         if not _within_budget(study, trial, budget):
             trial.set_user_attr("surplus", True)
             raise Surplus(f"trial {trial.number} is beyond the budget of {budget}")
@@ -186,6 +224,16 @@ def run_one(study: optuna.Study, budget: int, objective: Callable[[Trial], float
             raise
 
     study.optimize(guarded, n_trials=1, catch=(Exception,))
+
+
+def _mark_started(trial: Trial) -> None:
+    """A heartbeat, then the mark `started` (this trial's number: a retry inherits its original's user attrs): a
+    trial marked so is one Optuna finds stale should its worker die; one never marked, fail_stale fails."""
+    storage = trial.storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)():
+        study_id = storage.get_study_id_from_name(trial.study.study_name)
+        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+    trial.set_user_attr("started", trial.number)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:

@@ -83,7 +83,7 @@ class Worker:
                     pending = True
                     if phase == "seeds" and not search.is_done(self.study(plan, "trials"), self.cfg.trials):
                         break
-                    search.fail_stale(study)
+                    search.fail_stale(study, search.GRACE_BEATS * self.cfg.heartbeat_s)
                     if search.has_room(study, budget):
                         search.run_one(study, budget, self.objective(plan, phase))
                         ran = True

@@ -3,26 +3,30 @@ setting is rerun over seeds, and one MLflow parent run holds the comparison. The
 (same storage, same tracking server) joins the study; run again, it continues it."""
 from __future__ import annotations
 
+import _thread
 import contextlib
 import dataclasses
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
+from typing import Any, Iterator
 
 import optuna
 
-from pipeline import search, tracking
+from pipeline import claim, search, tracking
 from pipeline.config import as_params
-from pipeline.errors import EXIT_OK, UsageError
+from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, Terminated, UsageError
 from pipeline.summary import parent_name
 from pipeline.trials import RunIds, Worker, cifar_inputs, on_stale
 from pipeline.tune_config import TuneConfig
 from pipeline.tune_report import collect, report
 
-JOIN_TIMEOUT_S = 300  # how long a joining worker waits for the first one to create the MLflow runs
+JOIN_TIMEOUT_S = 300  # how long a command waits for another, alive, that is creating the MLflow runs
 STOP_TIMEOUT_S = 30  # how long an interrupted command waits for its workers to end their runs
+ATTEMPT_TAG = "tune_attempt"  # on the parent and per-optimizer runs: which try at creating them made them
 
 
 def storage_url(cfg: TuneConfig) -> str:
@@ -41,9 +45,10 @@ def _parent_params(cfg: TuneConfig) -> dict[str, str]:
                 storage_url(cfg)), "tune_key": cfg.key()}
 
 
-def create_runs(cfg: TuneConfig) -> RunIds:
-    """The parent run and one child per (optimizer, workload), left RUNNING for the workers."""
-    tags = {"task": "tune", "tune_task": cfg.task, "tune_key": cfg.key()}  # `sweeps`: set once the id is known
+def create_runs(cfg: TuneConfig, token: str) -> RunIds:
+    """The parent run and one child per (optimizer, workload), left RUNNING for the workers; each tagged with
+    `token` (tag `tune_attempt`), so that a command that dies while creating them leaves none nobody can find."""
+    tags = {"task": "tune", "tune_task": cfg.task, "tune_key": cfg.key(), ATTEMPT_TAG: token}  # `sweeps`: below
     optimizers = len({plan.optimizer for plan in cfg.children})
     name = parent_name("tune", cfg.task, optimizers, time.time(), f"-{cfg.trials}x{cfg.seeds}")
     with tracking.open_run(cfg.experiment, name, tags, keep_running=True) as parent:
@@ -52,43 +57,102 @@ def create_runs(cfg: TuneConfig) -> RunIds:
         children = {}
         for plan in cfg.children:
             child_tags = {"role": "optimizer", "optimizer": plan.optimizer, "workload": plan.workload,
-                          "study": cfg.study_name(plan), tracking.SWEEPS_TAG: parent.run_id}
+                          "study": cfg.study_name(plan), tracking.SWEEPS_TAG: parent.run_id, ATTEMPT_TAG: token}
             with tracking.open_run(cfg.experiment, plan.label, child_tags, parent=parent, keep_running=True) as run:
                 children[plan.label] = run.run_id
     return RunIds(parent.run_id, children)
 
 
 def join(cfg: TuneConfig, storage: object) -> RunIds:
-    """The tune's runs: made by the first process (which records them in the storage), found by every other."""
-    name = f"optlab-tune-{cfg.key()}:runs"
-    if search.claim(storage, name):
-        ids = create_runs(cfg)
-        optuna.load_study(study_name=name, storage=storage).set_user_attr(
-            "runs", {"parent": ids.parent, "children": dict(ids.children)})
-        return ids
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        runs = optuna.load_study(study_name=name, storage=storage).user_attrs.get("runs")
-        if runs:
-            if not tracking.run_exists(runs["parent"]):
-                raise UsageError(f"storage: this tune's study names run {runs['parent']}, which the tracking store "
-                                 f"{tracking.tracking_uri()} lacks; point at the same tracking store, or give a "
-                                 "new storage or experiment")
-            tracking.note_handed_run(f"This command joined tune run {runs['parent']}: its trials are logged there.",
-                                     {"joined_tune_run": runs["parent"]})
-            return RunIds(runs["parent"], runs["children"])
-        time.sleep(1.0)
-    raise UsageError(f"storage: no runs recorded for study {name} after {JOIN_TIMEOUT_S} s (did its first worker "
-                     "die while creating them?)")
+    """The tune's runs: made by the first process (which records them in the storage), found by every other;
+    made again, should the process making them die first."""
+    study = optuna.create_study(storage=storage, study_name=f"optlab-tune-{cfg.key()}:runs", load_if_exists=True)
+    runs = study.user_attrs.get("runs")
+    if not runs:
+        try:
+            runs = claim.made_once(study, lambda token, dead: _make_runs(cfg, token, dead), _undo, cfg.heartbeat_s,
+                                   JOIN_TIMEOUT_S)
+        except TimeoutError as busy:
+            raise UsageError(f"storage: {busy} has been creating this tune's runs for over {JOIN_TIMEOUT_S} s and "
+                             "is still alive; run the command again once it is done, or stop it") from None
+        study.set_user_attr("runs", runs)
+    if not tracking.run_exists(runs["parent"]):
+        raise UsageError(f"storage: this tune's study names run {runs['parent']}, which the tracking store "
+                         f"{tracking.tracking_uri()} lacks; point at the same tracking store, or give a new storage "
+                         "or experiment")
+    tracking.note_handed_run(f"This command joined tune run {runs['parent']}: its trials are logged there.",
+                             {"joined_tune_run": runs["parent"]})  # (a command that made the runs has no handed run)
+    return RunIds(runs["parent"], runs["children"])
 
 
-def _worker_process(cfg: TuneConfig, ids: RunIds, url: str) -> None:
-    """A local worker process: the same loop as the main one."""
+def _make_runs(cfg: TuneConfig, token: str, dead: list) -> dict:
+    """The tune's runs, created here; first the runs of earlier tries whose command died end FAILED."""
+    for attempt in dead:
+        orphans = tracking.running_runs(cfg.experiment, ATTEMPT_TAG, attempt.user_attrs["token"])
+        for run_id in orphans:
+            tracking.fail_run(run_id, f"the tune command creating this run ({attempt.user_attrs.get('maker')}) "
+                              "stopped before recording it; the next command created the tune's runs again")
+        if orphans:
+            print(f"tune: the command that began creating this tune's runs ({attempt.user_attrs.get('maker')}) "
+                  f"stopped; its {len(orphans)} run(s) ended FAILED, and the runs are created again here", flush=True)
+    ids = create_runs(cfg, token)
+    return {"parent": ids.parent, "children": dict(ids.children)}
+
+
+def _undo(runs: dict) -> None:
+    """Runs this command made while another took over (this one fell silent): they end FAILED."""
+    for run_id in [runs["parent"], *runs["children"].values()]:
+        tracking.fail_run(run_id, "this tune command fell silent while creating the tune's runs and another "
+                          "created them again")
+
+
+def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, take_sigint: bool) -> None:
+    """A local worker process: the same loop as the main one; SIGTERM (and SIGINT, unless the command ignores
+    it: a background job) end its trial's run KILLED."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    numbers = (signal.SIGINT, signal.SIGTERM) if take_sigint else (signal.SIGTERM,)
     try:
-        Worker(cfg, ids, search.open_storage(url, cfg.heartbeat_s, on_stale)).work()
+        with stopped_by_signals(numbers, restore=False):  # a second signal, while the run ends, is ignored
+            Worker(cfg, ids, search.open_storage(url, cfg.heartbeat_s, on_stale)).work()
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def stopped_by_signals(numbers: tuple[int, ...] | None = None, restore: bool = True) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM (`timeout`, a scheduler) stop the block as Ctrl-C does (KeyboardInterrupt;
+    Terminated for SIGTERM), once: a terminal signals every process of its group, and the command then stops its
+    workers itself, so later signals are ignored while runs end KILLED. One that lands in a finalizer (which
+    swallows exceptions) is raised again at once. By default a signal this process ignores (SIGINT in a background
+    job) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    numbers = numbers or tuple(n for n in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(n) != signal.SIG_IGN)
+    saved, hook, state = {n: signal.getsignal(n) for n in numbers}, sys.unraisablehook, {"raised": 0, "again": 0}
+
+    def stop(number: int, _frame: object) -> None:
+        if state["raised"] and not state["again"]:
+            return
+        state.update(raised=number, again=0)
+        raise Terminated("SIGTERM") if number == signal.SIGTERM else KeyboardInterrupt
+
+    def swallowed(unraisable: Any) -> None:
+        if not (state["raised"] and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            return hook(unraisable)
+        state["again"] = 1  # from another thread, a moment later: here, it would be raised in this hook
+        threading.Timer(0.05, _thread.interrupt_main, (state["raised"],)).start()
+
+    for number in saved:
+        signal.signal(number, stop)
+    sys.unraisablehook = swallowed
+    try:
+        yield
+    finally:
+        if restore:
+            sys.unraisablehook = hook
+            for number, handler in saved.items():
+                signal.signal(number, handler)
 
 
 def gpu_plan(workers: int, visible: list[str]) -> list[str | None]:
@@ -122,29 +186,56 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: 
     worker is a process of its own, each seeing one GPU (CUDA_VISIBLE_DEVICES), and this one only waits."""
     devices = gpu_plan(cfg.workers, _visible_gpus() if cfg.workers > 1 and cfg.task == "cifar" else [])
     here = devices[0] is None  # no GPU split: this process is worker 0
-    context, extra = multiprocessing.get_context("spawn"), []
-    for index, device in enumerate(devices[1:] if here else devices, start=1 if here else 0):
-        with _environment("CUDA_VISIBLE_DEVICES", device):
-            extra.append(context.Process(target=_worker_process, args=(cfg, ids, url), name=f"optlab-worker-{index}"))
-            extra[-1].start()
+    extra = _start_workers(cfg, ids, url, list(enumerate(devices[1:] if here else devices, start=1 if here else 0)))
     try:
         if here:
             Worker(cfg, ids, storage, cifar).work()
-    except BaseException:  # Ctrl-C (or a crash) here: the workers stop as on Ctrl-C (their runs end KILLED)
+        for process in extra:  # they finish their last trials (with a GPU each, they do all the work)
+            process.join()
+    except BaseException:  # Ctrl-C, SIGTERM (or a crash) here: the workers stop too (their runs end KILLED)
         for process in extra:
             if process.is_alive():
-                os.kill(process.pid, signal.SIGINT)
+                process.terminate()
         raise
     finally:
         for process in extra:
-            process.join(timeout=STOP_TIMEOUT_S)
-            if process.is_alive():
-                process.terminate()
+            _end(process)
     failed = [p.name for p in extra if p.exitcode not in (0, None)]
     if failed:
         print(f"warning: worker processes {', '.join(failed)} ended with errors", file=sys.stderr)
     if not here:
         Worker(cfg, ids, storage, cifar).work()  # whatever the workers left (one died): done here, on the default GPU
+
+
+def _start_workers(cfg: TuneConfig, ids: RunIds, url: str, devices: list[tuple[int, str | None]]) -> list:
+    """A spawned worker process per (index, device). They start with SIGINT ignored (an ignored signal stays so
+    through spawn's exec): a Ctrl-C to the terminal's process group while one still imports torch would print a
+    traceback. At work they take SIGTERM (and SIGINT, unless this command ignores it) as Ctrl-C; this command
+    stops them with SIGTERM."""
+    context, started = multiprocessing.get_context("spawn"), []
+    main = threading.current_thread() is threading.main_thread()
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else signal.SIG_IGN
+    try:
+        for index, device in devices:
+            with _environment("CUDA_VISIBLE_DEVICES", device):
+                started.append(context.Process(target=_worker_process, args=(cfg, ids, url, saved != signal.SIG_IGN),
+                                               name=f"optlab-worker-{index}"))
+                started[-1].start()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, saved)
+    return started
+
+
+def _end(process: multiprocessing.process.BaseProcess) -> None:
+    """Wait a while for a stopped worker process to end (its run ends KILLED); one that does not is stopped
+    again, and at last killed, so that none outlives the command."""
+    for stop in (None, process.terminate, process.kill):
+        if stop is not None and process.is_alive():
+            stop()
+        process.join(timeout=STOP_TIMEOUT_S)
+        if not process.is_alive():
+            return
 
 
 @contextlib.contextmanager
@@ -164,7 +255,8 @@ def _environment(name: str, value: str | None):
 
 def main(cfg: TuneConfig) -> int:
     """The `tune` entry point: print the tuned table and which optimizer wins before and after tuning."""
-    run_id, markdown, lines = tune(cfg)
+    with stopped_by_signals():
+        run_id, markdown, lines = tune(cfg)
     print(markdown)
     print("\n".join(lines))
     print(f"tune run {run_id}")

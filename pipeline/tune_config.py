@@ -85,10 +85,7 @@ class TuneConfig:
         require(1 <= self.starts <= 100_000, "starts", self.starts, "an integer in [1, 100000]")
         require(0 <= self.workers <= 64, "workers", self.workers, "an integer in [0, 64] (0: one per visible GPU)")
         require(1 <= self.heartbeat_s <= 3600, "heartbeat_s", self.heartbeat_s, "an integer in [1, 3600]")
-        scheme = self.storage.split(":", 1)[0]
-        require(not self.storage or scheme in STORAGE_SCHEMES, "storage", self.storage,
-                "empty (optuna.db beside the tracking store) or a database URL: " + ", ".join(
-                    f"{s}://..." for s in STORAGE_SCHEMES[:3]))
+        _check_storage(self.storage)
         require(not (self.task == "cifar" and self.functions.strip()), "functions", self.functions,
                 "empty for task=cifar (use models=...)")
         require(not (self.task == "toy" and self.models.strip()), "models", self.models,
@@ -118,6 +115,21 @@ class TuneConfig:
 
     def study_name(self, plan: StudyPlan, phase: str = "trials") -> str:
         return f"optlab-tune-{self.key()}:{plan.label}:{phase}"
+
+
+def _check_storage(url: str) -> None:
+    """Empty, or a database URL every worker can share: SQLite only with a file path (each connection to an
+    in-memory database is a new, empty one)."""
+    scheme = url.split(":", 1)[0]
+    require(not url or scheme in STORAGE_SCHEMES, "storage", url, "empty (optuna.db beside the tracking store) or "
+            "a database URL: " + ", ".join(f"{s}://..." for s in STORAGE_SCHEMES[:3]))
+    if scheme != "sqlite":
+        return
+    path, _, query = url[len("sqlite:"):].removeprefix("///").partition("?")
+    in_memory = not url.startswith("sqlite:///") or path.strip() in ("", ":memory:") or \
+        path.startswith("file::memory:") or "mode=memory" in query
+    require(not in_memory, "storage", url, "a file path, e.g. sqlite:///optuna.db or sqlite:////abs/path/optuna.db "
+            "(an in-memory SQLite database is not shared between workers nor kept for the next run), or empty")
 
 
 def _workloads(config: TuneConfig, passed: Mapping[str, str], params_file: Path) -> list[str]:

@@ -18,8 +18,8 @@ _HOMES = {
     "run": ("Run", "open_run", "handed_run_tags", "existing_run", "fail_run", "kill_run", "end_run",
             "note_handed_run", "check_handed_experiment"),
     "experiments": ("ensure_experiment", "local_store_folder"),
-    "store": ("find_resumable_run", "find_finished_run", "fetch_run", "latest_runs", "last_step", "run_exists",
-              "download", "load_predictor", "set_alias", "add_to_sweep", "sweep_link",
+    "store": ("find_resumable_run", "find_finished_run", "running_runs", "fetch_run", "latest_runs", "last_step",
+              "run_exists", "download", "load_predictor", "set_alias", "add_to_sweep", "sweep_link",
               "share_sweep_view", "SWEEPS_TAG"),
     "launcher": ("record_refusal",),
 }

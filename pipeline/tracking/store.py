@@ -38,6 +38,14 @@ def find_finished_run(experiment_id: str, config_hash: str, code: str) -> str | 
     return None
 
 
+def running_runs(experiment: str, tag: str, value: str) -> list[str]:
+    """The runs of `experiment` (where this process files runs) still RUNNING whose tag `tag` is `value`."""
+    client = connect()
+    found = client.search_runs([experiment_id_for(client, experiment)], max_results=1000,
+                               filter_string=f"tags.{tag} = '{value}' and attributes.status = 'RUNNING'")
+    return [run.info.run_id for run in found]
+
+
 def fetch_run(run_id: str, metric_keys: Sequence[str]) -> dict[str, Any]:
     """A run's status, params, tags and the full history of each of `metric_keys`, as plain data."""
     client = connect()
