@@ -16,15 +16,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from pipeline.data import CIFAR_MEAN, CIFAR_STD, IMAGE_SIZE, PAD
+from pipeline.workloads.cifar.data import CIFAR_MEAN, CIFAR_STD, IMAGE_SIZE, PAD
 
 Objective = Callable[[float, float], float]
-STEP = 1e-6  # finite-difference step, as pipeline.reference
+STEP = 1e-6  # finite-difference step, as pipeline.workloads.toy.reference
 
 
 def notebook_gradient(f: Objective, x: float, y: float, h: float = STEP) -> tuple[float, float]:
     """Central differences along x then y: four calls of f on plain floats, as the notebook did."""
-    df_dx = (f(x + h, y) - f(x - h, y)) / (2 * h)  # the notebook wrote `/ 2 * h`; corrected as in reference.py
+    df_dx = (f(x + h, y) - f(x - h, y)) / (2 * h)  # the notebook wrote `/ 2 * h`; corrected as in workloads/toy/reference.py
     df_dy = (f(x, y + h) - f(x, y - h)) / (2 * h)
     return df_dx, df_dy
 

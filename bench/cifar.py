@@ -9,15 +9,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.baselines import NotebookCifar, notebook_loader, notebook_train_seconds
+from bench.baselines import NotebookCifar, notebook_loader, notebook_train_seconds, torchvision_train_transform
 from bench.data import describe, images, load_arrays
 from bench.machine import best_seconds, interleaved_best, log
 from bench.table import Row, met, rate, times
-from bench.baselines import torchvision_train_transform
-from pipeline.data import CifarArrays, CifarLoader
-from pipeline.models import build_model
-from pipeline.optimizers import OptimizerSettings, build_optimizer
-from pipeline.train import Member, Precision, train_epoch
+from pipeline.optim.registry import OptimizerSettings, build_optimizer
+from pipeline.training.loop import Member, Precision, train_epoch
+from pipeline.workloads.cifar.data import CifarArrays, CifarLoader
+from pipeline.workloads.cifar.models import build_model
 
 MODELS = ("resnet18", "resnet18_imagenet")
 NOTEBOOK_BATCH = 32  # the notebook's, and our runs' default (params.yaml cifar.batch_size)

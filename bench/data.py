@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import CifarArrays, UnofficialDataWarning, load_cifar10
+from pipeline.workloads.cifar.data import CifarArrays, UnofficialDataWarning, load_cifar10
 
 # The real subset shipped beside the project (4,660 train + 932 test images). Speed hardly depends on pixel
 # values; real images simply keep the measurement on the data our runs see.
@@ -14,7 +14,7 @@ SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subs
 
 
 def load_arrays() -> CifarArrays:
-    """The subset via pipeline.data (no download), or CIFAR-shaped random uint8 arrays when it is absent."""
+    """The subset via pipeline.workloads.cifar.data (no download), or CIFAR-shaped random uint8 arrays when it is absent."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnofficialDataWarning)  # the subset is known not to be official

@@ -12,12 +12,12 @@ import torch
 from bench.data import describe, load_arrays
 from bench.machine import log
 from bench.table import Row, times
-from pipeline import landscape_report
 from pipeline.cifar import build_loaders, build_trainer
-from pipeline.config import build_config
-from pipeline.logger import MemoryLogger
-from pipeline.optimizers import NOTEBOOK_OPTIMIZERS
-from pipeline.train import fit
+from pipeline.config.tasks import build_config
+from pipeline.landscape import report as landscape_report
+from pipeline.optim.registry import NOTEBOOK_OPTIMIZERS
+from pipeline.training.hooks import MemoryLogger
+from pipeline.training.loop import fit
 
 OPTIMIZERS = (*NOTEBOOK_OPTIMIZERS, "nesterov")
 

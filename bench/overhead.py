@@ -19,10 +19,10 @@ from bench.server import mlflow_server
 from bench.table import Row, met, times
 from pipeline import tracking
 from pipeline.cifar import build_loaders, build_trainer
-from pipeline.runlog import RunLog
-from pipeline.config import CifarConfig, build_config
-from pipeline.data import CifarArrays
-from pipeline.train import fit
+from pipeline.config.tasks import CifarConfig, build_config
+from pipeline.training.loop import fit
+from pipeline.training.runlog import RunLog
+from pipeline.workloads.cifar.data import CifarArrays
 
 TARGET = 0.01  # logging may add at most 1% to the training time
 EXPERIMENT = "optlab-bench"
@@ -168,7 +168,7 @@ def _row(case: Case, seconds: dict[str, list[float]], start_s: float, images: in
     median = statistics.median(b / a for a, b in zip(off, on))
     per_epoch_ms = 1000 * (min(on) - min(off)) / case.epochs
     notes = (f"{case.model}, {images} train images, batch 32, {case.epochs} epochs (train + eval), local `mlflow "
-             f"server` (SQLite, proxied artifacts); per epoch, as pipeline.runlog.RunLog does it with params.yaml's "
+             f"server` (SQLite, proxied artifacts); per epoch, as pipeline.training.runlog.RunLog does it with params.yaml's "
              f"defaults: metrics sent by its background outbox, system metrics every 10 s, a checkpoint once 60 s "
              f"have passed; best of {len(on)} rounds, alternating (median of the rounds' ratios: {median:.3f}x)",
              f"overhead {100 * (ratio - 1):+.1f}% = {per_epoch_ms:.0f} ms per epoch against "

@@ -14,11 +14,11 @@ import torch
 from bench.data import describe, load_arrays
 from bench.machine import log
 from bench.table import Row, met, times
-from pipeline import search
 from pipeline.cifar import build_loaders, build_trainer
-from pipeline.config import build_config
-from pipeline.data import CifarArrays
-from pipeline.train import StopTraining, fit
+from pipeline.config.tasks import build_config
+from pipeline.sweeps.tune import search
+from pipeline.training.loop import StopTraining, fit
+from pipeline.workloads.cifar.data import CifarArrays
 
 
 def _train(cfg, arrays: CifarArrays, device: torch.device, trial: optuna.trial.Trial | None) -> tuple[float, int]:

@@ -8,10 +8,10 @@ import torch
 
 from bench.machine import best_seconds, log
 from bench.table import Row, met, times
-from pipeline.data import CifarLoader
-from pipeline.models import build_model
-from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, OptimizerSettings, build_optimizer
-from pipeline.train import Member, Precision, train_epoch
+from pipeline.optim.registry import NOTEBOOK_OPTIMIZERS, OptimizerSettings, build_optimizer
+from pipeline.training.loop import Member, Precision, train_epoch
+from pipeline.workloads.cifar.data import CifarLoader
+from pipeline.workloads.cifar.models import build_model
 
 OPTIMIZERS = (*NOTEBOOK_OPTIMIZERS, "nesterov")  # the notebook's seven and the nesterov it promised
 EPOCHS = 5

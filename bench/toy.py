@@ -9,9 +9,9 @@ import torch
 from bench.baselines import notebook_descent_many
 from bench.machine import best_seconds, interleaved_best, log
 from bench.table import Row, met, rate, times
-from pipeline.descent import Trajectory, run_descent, starting_points
-from pipeline.functions import get_function
-from pipeline.optimizers import OptimizerSettings
+from pipeline.optim.registry import OptimizerSettings
+from pipeline.workloads.toy.descent import Trajectory, run_descent, starting_points
+from pipeline.workloads.toy.functions import get_function
 
 FUNCTION = "ackley"  # the notebook's function
 OPTIMIZER = "sgd"  # plain gradient descent: the same update as the notebook's loop, so the work compares
@@ -54,7 +54,7 @@ def toy_row(points: int, steps: int, baseline_points: int, rounds: int, device: 
     }, rounds)
     gap = _agreement(_ours(starts[:CHECKED], steps), _baseline(few[:CHECKED], steps))
     notes = (f"{FUNCTION}, {OPTIMIZER} lr={LR}, {steps} steps, tolerance 0, float64; ours: {points} starts in one "
-             f"tensor on {device.type} (pipeline.descent.run_descent, compiled=True; its one-off compile took "
+             f"tensor on {device.type} (pipeline.workloads.toy.descent.run_descent, compiled=True; its one-off compile took "
              f"{compile_s:.1f} s, not timed), notebook: {baseline_points} starts one by one; best of {rounds} "
              f"alternating rounds",
              f"same paths: final positions of {CHECKED} shared starts differ by at most {gap:.1e}")

@@ -3,7 +3,7 @@ import os
 import sys
 
 from pipeline.cli import main
-from pipeline.errors import EXIT_BROKEN_PIPE
+from pipeline.core.errors import EXIT_BROKEN_PIPE
 
 try:
     code = main()

@@ -10,19 +10,21 @@ from pathlib import Path
 
 import torch
 
-from pipeline import distributed, landscape_report, launch, tracking
-from pipeline.checkpoint import FILE_NAME, restore_checkpoint
-from pipeline.config import CifarConfig, as_params, logged_params
-from pipeline.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10
-from pipeline.distributed import SINGLE, ShardedBatches, World
-from pipeline.errors import EXIT_DIVERGED, EXIT_OK, UsageError
-from pipeline.logger import RunHooks
-from pipeline.models import build_model
-from pipeline.optimizers import build_optimizer, keeps_two_sequences
-from pipeline.provenance import code_version, config_hash
-from pipeline.runlog import RunLog
-from pipeline.schedulers import build_scheduler
-from pipeline.train import FitState, Member, Precision, fit
+from pipeline import tracking
+from pipeline.config.tasks import CifarConfig, as_params, logged_params
+from pipeline.core.errors import EXIT_DIVERGED, EXIT_OK, UsageError
+from pipeline.core.provenance import code_version, config_hash
+from pipeline.landscape import report as landscape_report
+from pipeline.optim.registry import SplitOptimizer, build_optimizer, keeps_two_sequences
+from pipeline.optim.schedulers import build_scheduler
+from pipeline.training import distributed, nproc
+from pipeline.training.checkpoint import FILE_NAME, restore_checkpoint
+from pipeline.training.distributed import SINGLE, ShardedBatches, World
+from pipeline.training.hooks import RunHooks
+from pipeline.training.loop import FitState, Member, Precision, fit
+from pipeline.training.runlog import RunLog
+from pipeline.workloads.cifar.data import CIFAR_CLASSES, CifarArrays, CifarLoader, UnofficialDataWarning, load_cifar10
+from pipeline.workloads.cifar.models import build_model
 
 CHECKPOINT = f"checkpoints/{FILE_NAME}"
 BN_SAMPLE = 4096  # training images a schedule-free run measures BatchNorm statistics on, before each evaluation
@@ -69,7 +71,7 @@ class Trainer:
     recorder: object = None  # landscape.Recorder of the path, when a landscape is drawn
 
     def member(self) -> Member:
-        """The model as train.py steps it: compiled or distributed when asked for, same parameters either way;
+        """The model as training/loop.py steps it: compiled or distributed when asked for, same parameters either way;
         with several processes, evaluation runs the plain model (each rank its share, no collectives inside)."""
         return Member(self.forward or self.model, self.optimizer, self.scheduler,
                       self.model if self.world.size > 1 else None, self.recorder)
@@ -91,8 +93,9 @@ class Trainer:
 
     def split_params(self) -> dict[str, str]:
         """Params saying which parameters went to which part of a split optimizer (Muon: muon_tensors, ...)."""
-        counts = getattr(self.optimizer, "counts", None)
-        return {key: str(value) for key, value in counts().items()} if callable(counts) else {}
+        if not isinstance(self.optimizer, SplitOptimizer):
+            return {}
+        return {key: str(value) for key, value in self.optimizer.counts().items()}
 
 
 def build_loaders(cfg: CifarConfig, arrays: CifarArrays, device: torch.device) -> tuple[CifarLoader, CifarLoader]:
@@ -162,7 +165,7 @@ def main(cfg: CifarConfig) -> int:
         resolve_device(cfg.device, nproc=cfg.nproc)  # what the processes would refuse: one line, none started
         distributed.check_shares(len(load_data(cfg, quiet=True).train_y), cfg.nproc)
         resume_target(cfg)
-        return launch.relaunch("cifar", as_params(cfg), cfg.nproc)
+        return nproc.relaunch("cifar", as_params(cfg), cfg.nproc)
     if cfg.nproc not in (1, world.size):
         raise UsageError(f"nproc: this process is one of {world.size} that torchrun started; leave nproc at 1")
     cfg = dataclasses.replace(cfg, nproc=world.size)
@@ -229,7 +232,7 @@ def run_cifar(cfg: CifarConfig, arrays: CifarArrays, device: torch.device, paren
                            parent=parent, run_id=run_id, system_metrics=cfg.system_metrics) as run, \
             tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
         hooks.opened(run)
-        launch.record_run(run.run_id)
+        nproc.record_run(run.run_id)
         trainer = build_trainer(cfg, loaders, device, world)
         hooks.prepared(trainer)  # a sweep records the path for its own landscape
         own = landscape_report.recorder(trainer) if parent is None and landscape_report.enabled(cfg, device) \

@@ -1,7 +1,7 @@
 """Command line: `python -m pipeline <entry> --key value ...`; parse, validate up front, dispatch, exit codes.
 
 Exit codes: 0 success, 1 internal error, 2 bad input (one line on stderr), 3 training diverged; the rest in
-errors.py.
+core/errors.py.
 """
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import os
 import sys
 from typing import Sequence
 
-from pipeline.compare_config import build_compare
-from pipeline.config import PARAMS_FILE, build_config
-from pipeline.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, EXIT_WORKER_DIED, Terminated,
-                             UsageError, one_line)
+from pipeline.config.compare import build_compare
+from pipeline.config.tasks import PARAMS_FILE, build_config
+from pipeline.core.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, EXIT_WORKER_DIED, Terminated,
+                                  UsageError, one_line)
 
 # entry point -> module whose main(config) runs it; imported only after the params are validated
 ENTRIES = {"toy": "pipeline.toy", "cifar": "pipeline.cifar", "compare": "pipeline.compare",
@@ -47,14 +47,14 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
 def listing(name: str) -> str:
     """The registry `name` as aligned text, one entry a line."""
     if name == "optimizers":
-        from pipeline.optimizers import OPTIMIZERS, SET_NAMES
+        from pipeline.optim.registry import OPTIMIZERS, SET_NAMES
 
         rows = [f"{spec.name:<10} lr {spec.default_lr:<7g} {spec.source:<46} {spec.summary} ({spec.paper})"
-                + ("; cifar only" if spec.toy else "") for spec in OPTIMIZERS.values()]
+                + ("; cifar only" if spec.why_not_toy else "") for spec in OPTIMIZERS.values()]
         return "\n".join([*rows, f"sets (compare, tune: optimizers=...): {', '.join(SET_NAMES)}",
                           "any other by name: torch:<Class> (torch.optim), pytorch_optimizer:<name>, "
                           "schedulefree:<Class>"])
-    from pipeline.functions import FUNCTIONS
+    from pipeline.workloads.toy.functions import FUNCTIONS
     return "\n".join(f"{fn.name:<11} minimum {fn.f_min:g} at {', '.join(map(str, fn.minima))}  {fn.title}"
                      for fn in FUNCTIONS.values())
 
@@ -104,7 +104,7 @@ def _rank() -> int:
 def _speaks() -> bool:
     """Whether this process reports on stderr: any but the other ranks of a job `nproc` started here (their
     launcher says what happened, in one line)."""
-    from pipeline.launch import RUN_FILE  # noqa: PLC0415 - light
+    from pipeline.training.nproc import RUN_FILE  # noqa: PLC0415 - light
 
     return _rank() == 0 or not os.environ.get(RUN_FILE)
 
@@ -114,22 +114,25 @@ def refuse(message: str) -> int:
     if _speaks():
         print(f"error: {message}" if _rank() == 0 else f"error: process {_rank()}: {message}", file=sys.stderr)
     if _rank() == 0:
-        from pipeline.tracking.launcher import record_refusal  # loads no mlflow unless there is a run to tell
+        from pipeline.core.handed import handed_run_id  # noqa: PLC0415 - light: no mlflow unless a run is told
 
-        record_refusal(message)
+        if handed_run_id():  # the run `mlflow run` made ends FAILED, saying why
+            from pipeline.tracking import fail_handed_run  # noqa: PLC0415
+
+            fail_handed_run(message)
     return EXIT_USAGE
 
 
 def worker_lost(error: Exception) -> bool:
     """A process of a multi-process job whose peers are gone (or that torchrun stopped): one line, unless the
     launcher of `nproc` reports it; the run already ended FAILED with the error."""
-    if "pipeline.distributed" not in sys.modules:
+    if "pipeline.training.distributed" not in sys.modules:
         return False
-    from pipeline.distributed import Stopped, lost_contact, world_from_env  # noqa: PLC0415
+    from pipeline.training.distributed import Stopped, lost_contact, world_from_env  # noqa: PLC0415
 
     if not (isinstance(error, Stopped) or lost_contact(error, world_from_env())):
         return False
-    from pipeline.launch import RUN_FILE  # noqa: PLC0415
+    from pipeline.training.nproc import RUN_FILE  # noqa: PLC0415
 
     if not os.environ.get(RUN_FILE):
         print(f"error: process {_rank()}: lost the other processes of the job ({one_line(error)}); "
@@ -172,7 +175,7 @@ def dispatch(command: str, rest: list[str]) -> int:
         return EXIT_OK
     overrides = parse_overrides(rest)
     if command == "tune":
-        from pipeline.tune_config import build_tune  # noqa: PLC0415
+        from pipeline.config.tune import build_tune  # noqa: PLC0415
 
         config = build_tune(overrides)
     else:

@@ -9,15 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import plots, summary, tracking, tuned, tuneplots
-from pipeline.compare_config import CompareConfig
-from pipeline.config import as_params
-from pipeline.errors import EXIT_OK, UsageError
-from pipeline.functions import get_function
-from pipeline.logger import RunHooks
-from pipeline.optimizers import TUNABLE
-from pipeline.provenance import code_version, config_hash
-from pipeline.summary import RunRecord
+from pipeline import tracking
+from pipeline.config.compare import CompareConfig
+from pipeline.config.tasks import as_params
+from pipeline.core.errors import EXIT_OK, UsageError
+from pipeline.core.provenance import code_version, config_hash
+from pipeline.optim.registry import TUNABLE
+from pipeline.sweeps import summary
+from pipeline.sweeps.summary import RunRecord
+from pipeline.sweeps.tune import results as tune_results
+from pipeline.training.hooks import RunHooks
+from pipeline.viz import figures
+from pipeline.viz import tune as tune_figures
+from pipeline.workloads.toy.functions import get_function
 
 METRICS = {"toy": ("loss", "distance_to_min"),
            "cifar": ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time", "best_val_acc",
@@ -39,7 +43,7 @@ def _trainer(cfg: CompareConfig):
 
         return (lambda child, parent: run_toy(child, parent)[0]), None
     from pipeline.cifar import load_data, resolve_device, run_cifar, run_lockstep
-    from pipeline.landscape_report import SweepLandscape, enabled
+    from pipeline.landscape.report import SweepLandscape, enabled
 
     device, arrays = resolve_device(cfg.children[0].device), load_data(cfg.children[0])
     scape = SweepLandscape(cfg.children[0], arrays, device) if enabled(cfg.children[0], device) else None
@@ -80,7 +84,7 @@ def run_child(cfg: CompareConfig, child, parent: tracking.Run, train) -> RunReco
     except Exception as error:  # noqa: BLE001 - one broken child must not end the sweep
         print(f"error: {child.optimizer} failed ({type(error).__name__}: {error}); the sweep goes on",
               file=sys.stderr)
-        return RunRecord("-", "FAILED", {"optimizer": child.optimizer}, {"diverged": "false"})
+        return RunRecord.failed(child.optimizer)
 
 
 def shared_params(cfg: CompareConfig) -> dict[str, str]:
@@ -97,7 +101,7 @@ def shared_params(cfg: CompareConfig) -> dict[str, str]:
 
 def draw_toy(run: tracking.Run, records: list[RunRecord], scratch: Path) -> None:
     """Every child's path on one contour plot, one surface, one loss plot and an animated GIF."""
-    usable = [r for r in records if r.run_id != "-"]
+    usable = [r for r in records if r.has_run]
     if not usable:
         return
     fn = get_function(usable[0].params["function"])
@@ -107,13 +111,13 @@ def draw_toy(run: tracking.Run, records: list[RunRecord], scratch: Path) -> None
         if csv is not None:
             paths[record.label] = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)[:, 1:3]
     losses = {r.label: np.array(r.series("loss")[1]) for r in usable}
-    run.log_figure(plots.contour_figure(fn, paths), "plots/contour.png")
+    run.log_figure(figures.contour_figure(fn, paths), "plots/contour.png")
     if len(paths) > 1:
-        run.log_figure(plots.panels_figure(fn, paths), "plots/contour_panels.png")
-    run.log_figure(plots.surface_figure(fn, paths), "plots/surface.png")
-    run.log_figure(plots.loss_figure(fn, losses), "plots/loss.png")
+        run.log_figure(figures.panels_figure(fn, paths), "plots/contour_panels.png")
+    run.log_figure(figures.surface_figure(fn, paths), "plots/surface.png")
+    run.log_figure(figures.loss_figure(fn, losses), "plots/loss.png")
     gif = scratch / "paths.gif"
-    write_gif(plots.paths_frames(fn, paths), gif, fps=12)
+    write_gif(figures.paths_frames(fn, paths), gif, fps=12)
     run.log_file(gif, "plots")
 
 
@@ -133,11 +137,11 @@ def draw_cifar(run: tracking.Run, records: list[RunRecord]) -> None:
                                       ("train_loss", "train_loss", "train loss", False),
                                       ("val_acc", "test_accuracy", "test accuracy", True),
                                       ("val_loss", "test_loss", "test loss", False)):
-        figure = plots.overlay_figure(summary.overlay(records, key), "epoch", label, f"{label.capitalize()} "
+        figure = figures.overlay_figure(summary.overlay(records, key), "epoch", label, f"{label.capitalize()} "
                                       "per optimizer", percent=percent)
         run.log_figure(figure, f"plots/{name}.png")
     timed = summary.overlay(records, "val_acc", x_key="epoch_time")
-    run.log_figure(plots.overlay_figure(timed, "training time (s)", "test accuracy",
+    run.log_figure(figures.overlay_figure(timed, "training time (s)", "test accuracy",
                                         "Test accuracy against training time", percent=True, integer_x=False),
                    "plots/test_accuracy_vs_time.png")
 
@@ -160,7 +164,7 @@ def report(run: tracking.Run, task: str, records: list[RunRecord], title: str) -
     markdown = summary.as_markdown(rows, title)
     run.log_text(summary.as_csv(rows), "summary.csv")
     run.log_text(markdown, "summary.md")
-    run.set_tags({"children": ",".join(r.run_id for r in records if r.run_id != "-"),
+    run.set_tags({"children": ",".join(r.run_id for r in records if r.has_run),
                   "mlflow.note.content": summary.note(markdown)})
     run.log_metrics(summary.headline(task, records), 0)
     with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
@@ -210,16 +214,16 @@ def draw_seeds(run: tracking.Run, task: str, per_seed: list[list[RunRecord]]) ->
     for metric in metrics:
         panels: dict[str, dict] = {f"{metric} against {axis}": {} for axis in axes}
         for index, record in enumerate(per_seed[0]):
-            runs = [seed[index] for seed in per_seed if seed[index].run_id != "-" and seed[index].series(metric)[1]]
+            runs = [seed[index] for seed in per_seed if seed[index].has_run and seed[index].series(metric)[1]]
             if not runs:
                 continue
-            mean, low, high = tuned.band([r.series(metric)[1] for r in runs])
+            mean, low, high = tune_results.band([r.series(metric)[1] for r in runs])
             steps = np.array(runs[0].series(metric)[0][: len(mean)])
             panels[f"{metric} against {axes[0]}"][record.label] = (steps, mean, low, high)
             if task == "cifar":
-                seconds = tuned.band([np.cumsum(r.series("epoch_time")[1]) for r in runs])[0]
+                seconds = tune_results.band([np.cumsum(r.series("epoch_time")[1]) for r in runs])[0]
                 panels[f"{metric} against training seconds"][record.label] = (seconds, mean, low, high)
-        run.log_figure(tuneplots.seeds_figure(panels, metric, log_y=metric != "val_acc"), f"plots/seeds_{metric}.png")
+        run.log_figure(tune_figures.seeds_figure(panels, metric, log_y=metric != "val_acc"), f"plots/seeds_{metric}.png")
 
 
 def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
@@ -238,7 +242,7 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
         per_seed = [[_record(run_id, cfg.task, reused=True) for run_id in ids]] if cfg.from_runs else \
             train_seeds(cfg, parent, train)
         records = per_seed[0]
-        tracking.add_to_sweep([parent.run_id] + [r.run_id for seed in per_seed for r in seed if r.run_id != "-"],
+        tracking.add_to_sweep([parent.run_id] + [r.run_id for seed in per_seed for r in seed if r.has_run],
                               parent.run_id)
         tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("param", "optimizer"))
         markdown = report(parent, cfg.task, records, f"compare {cfg.task}: {len(records)} optimizers")

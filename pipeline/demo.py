@@ -5,10 +5,10 @@ import torch
 
 from pipeline import tracking
 from pipeline.compare import sweep
-from pipeline.compare_config import build_compare
-from pipeline.errors import EXIT_OK, UsageError
+from pipeline.config.compare import build_compare
+from pipeline.config.tune import build_tune
+from pipeline.core.errors import EXIT_OK, UsageError
 from pipeline.tune import tune
-from pipeline.tune_config import build_tune
 
 # Every registered optimizer on Rosenbrock's curved valley, with one shared step size.
 TOY = {"task": "toy", "function": "rosenbrock", "lr": "0.002", "steps": "1000"}

@@ -6,10 +6,10 @@ import io
 import numpy as np
 
 from pipeline import tracking
-from pipeline.config import PredictConfig, as_params
-from pipeline.data import CIFAR_CLASSES
-from pipeline.images import ImageSet, read_images
-from pipeline.errors import EXIT_OK
+from pipeline.config.tasks import PredictConfig, as_params
+from pipeline.core.errors import EXIT_OK
+from pipeline.workloads.cifar.data import CIFAR_CLASSES
+from pipeline.workloads.cifar.images import ImageSet, read_images
 
 
 def probabilities(predict, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -9,13 +9,14 @@ import time
 import numpy as np
 import torch
 
-from pipeline import plots, tracking
-from pipeline.config import ToyConfig, logged_params
-from pipeline.descent import Trajectory, run_descent, starting_points
-from pipeline.errors import EXIT_DIVERGED, EXIT_OK
-from pipeline.functions import Function2D, get_function
-from pipeline.logger import RunHooks, RunLogger
-from pipeline.provenance import code_version, config_hash
+from pipeline import tracking
+from pipeline.config.tasks import ToyConfig, logged_params
+from pipeline.core.errors import EXIT_DIVERGED, EXIT_OK
+from pipeline.core.provenance import code_version, config_hash
+from pipeline.training.hooks import RunHooks, RunLogger
+from pipeline.viz import figures
+from pipeline.workloads.toy.descent import Trajectory, run_descent, starting_points
+from pipeline.workloads.toy.functions import Function2D, get_function
 
 
 def resolve_start(cfg: ToyConfig, fn: Function2D) -> tuple[float, float]:
@@ -60,9 +61,9 @@ def log_trajectory(run: RunLogger, fn: Function2D, traj: Trajectory, label: str)
                        traj.losses[:, 0], traj.grad_norms[:, 0], traj.distances[:, 0]))])
     run.log_text(trajectory_csv(traj), "trajectory.csv")
     path = {label: traj.positions[:, 0]}
-    run.log_figure(plots.contour_figure(fn, path), "plots/contour.png")
-    run.log_figure(plots.surface_figure(fn, path), "plots/surface.png")
-    run.log_figure(plots.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
+    run.log_figure(figures.contour_figure(fn, path), "plots/contour.png")
+    run.log_figure(figures.surface_figure(fn, path), "plots/surface.png")
+    run.log_figure(figures.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
 
 
 def main(cfg: ToyConfig) -> int:

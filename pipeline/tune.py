@@ -16,13 +16,15 @@ from typing import Any, Iterator
 
 import optuna
 
-from pipeline import claim, search, tracking
-from pipeline.config import as_params
-from pipeline.errors import EXIT_INTERRUPTED, EXIT_OK, Terminated, UsageError
-from pipeline.summary import parent_name
-from pipeline.trials import RunIds, Worker, cifar_inputs, on_stale
-from pipeline.tune_config import TuneConfig
-from pipeline.tune_report import collect, report
+from pipeline import tracking
+from pipeline.config.tasks import as_params
+from pipeline.config.tune import TuneConfig
+from pipeline.core.env import environment
+from pipeline.core.errors import EXIT_INTERRUPTED, EXIT_OK, Terminated, UsageError
+from pipeline.sweeps.summary import parent_name
+from pipeline.sweeps.tune import claim, search
+from pipeline.sweeps.tune.report import collect, report
+from pipeline.sweeps.tune.worker import RunIds, Worker, cifar_inputs, on_stale
 
 JOIN_TIMEOUT_S = 300  # how long a command waits for another, alive, that is creating the MLflow runs
 STOP_TIMEOUT_S = 30  # how long an interrupted command waits for its workers to end their runs
@@ -217,7 +219,7 @@ def _start_workers(cfg: TuneConfig, ids: RunIds, url: str, devices: list[tuple[i
     saved = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else signal.SIG_IGN
     try:
         for index, device in devices:
-            with _environment("CUDA_VISIBLE_DEVICES", device):
+            with environment({} if device is None else {"CUDA_VISIBLE_DEVICES": device}):
                 started.append(context.Process(target=_worker_process, args=(cfg, ids, url, saved != signal.SIG_IGN),
                                                name=f"optlab-worker-{index}"))
                 started[-1].start()
@@ -236,21 +238,6 @@ def _end(process: multiprocessing.process.BaseProcess) -> None:
         process.join(timeout=STOP_TIMEOUT_S)
         if not process.is_alive():
             return
-
-
-@contextlib.contextmanager
-def _environment(name: str, value: str | None):
-    """os.environ[name] = value for the block (None: unchanged), as spawned processes inherit it."""
-    saved = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if value is not None and saved is None:
-            os.environ.pop(name, None)
-        elif value is not None:
-            os.environ[name] = saved
 
 
 def main(cfg: TuneConfig) -> int:

@@ -14,7 +14,9 @@ from pathlib import Path
 from servers import free_port, stop_server, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
-SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
+sys.path.insert(0, str(REPO))  # run as a script (make ui-shot): bench beside tests
+from bench.data import SUBSET  # noqa: E402
+
 WINDOW = "1600,2000"  # tall enough that every chart is on screen: the UI draws only visible ones
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CIFAR10
 
-from pipeline.data import BATCHES_DIR, CIFAR_CLASSES, IMAGE_SIZE, TEST_FILES, TRAIN_FILES
+from pipeline.workloads.cifar.data import BATCHES_DIR, CIFAR_CLASSES, IMAGE_SIZE, TEST_FILES, TRAIN_FILES
 
 
 def write_cifar_batches(folder: str | Path, train_x: np.ndarray, train_y: np.ndarray,

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.data import SUBSET
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
+SHARED_SUBSET = SUBSET  # the real CIFAR-10 subset beside the checkout (bench/data.py says where)
 _RUN_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
 
 

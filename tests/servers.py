@@ -13,7 +13,6 @@ from glob import glob
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 

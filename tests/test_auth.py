@@ -9,7 +9,6 @@ import urllib.request
 import mlflow
 import numpy as np
 import pytest
-
 from conftest import artifact_files, cli, metric_history, new_experiment, runs_of
 from servers import free_port, start_server, stop_server
 

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 SAME_PATHS = re.compile(r"^- (toy \d+ starts): same paths: final positions of (\d+) shared starts differ by at most "
@@ -49,7 +48,7 @@ def test_the_pruning_row_trains_fewer_epochs_with_hyperband_on_the_same_points()
 
     from bench.data import load_arrays
     from bench.pruning import _study
-    from pipeline.config import build_config
+    from pipeline.config.tasks import build_config
 
     arrays = load_arrays()
     arrays = dataclasses.replace(arrays, train_x=arrays.train_x[:128], train_y=arrays.train_y[:128],

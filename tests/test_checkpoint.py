@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SHARED_SUBSET, new_experiment, runs_of
+
 from pipeline import cli
-from pipeline.checkpoint import restore_checkpoint, save_checkpoint
 from pipeline.cifar import CHECKPOINT, build_loaders, build_trainer
-from pipeline.config import build_config
-from pipeline.provenance import config_hash
-from pipeline.data import load_cifar10
-from pipeline.errors import UsageError
-from pipeline.train import FitState
+from pipeline.config.tasks import build_config
+from pipeline.core.errors import UsageError
+from pipeline.core.provenance import config_hash
+from pipeline.training.checkpoint import restore_checkpoint, save_checkpoint
+from pipeline.training.loop import FitState
+from pipeline.workloads.cifar.data import load_cifar10
 
 pytestmark = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
 

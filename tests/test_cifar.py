@@ -9,13 +9,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SHARED_SUBSET, artifact_files, cli, metric_history, mlflow_run, new_experiment, runs_of
 
-from conftest import (REPO, SHARED_SUBSET, artifact_files, cli, metric_history, mlflow_run, new_experiment,
-                      runs_of)
 from pipeline.cifar import build_loaders, build_trainer
-from pipeline.config import build_config
-from pipeline.data import CIFAR_CLASSES, load_cifar10
-from pipeline.train import native_bf16
+from pipeline.config.tasks import build_config
+from pipeline.training.loop import native_bf16
+from pipeline.workloads.cifar.data import CIFAR_CLASSES, load_cifar10
 
 pytestmark = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
 
@@ -238,7 +237,7 @@ def test_compile_wraps_the_same_parameters_and_checkpoints_stay_plain():
 @pytest.mark.parametrize("images,batch,batches,trained", [(33, 32, 1, 32), (34, 32, 2, 34), (64, 32, 2, 64),
                                                           (3, 2, 1, 2), (2, 32, 1, 2)])
 def test_training_drops_only_a_last_batch_of_one_image(images, batch, batches, trained):
-    from pipeline.data import CifarLoader
+    from pipeline.workloads.cifar.data import CifarLoader
 
     pixels = np.zeros((images, 32, 32, 3), np.uint8)
     loader = CifarLoader(pixels, np.zeros(images), batch, train=True)

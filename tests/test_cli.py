@@ -8,9 +8,10 @@ import sys
 
 import mlflow
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from conftest import REPO, SHARED_SUBSET, cli, new_experiment, runs_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from pipeline import cli as pipeline_cli
 
 # Code, shell and format injection, path tricks, odd unicode, and numbers at and past every limit.

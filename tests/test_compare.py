@@ -6,7 +6,6 @@ import urllib.parse
 
 import mlflow
 import pytest
-
 from conftest import SHARED_SUBSET, artifact_files, cli, metric_history, new_experiment, runs_of
 
 TOY_PLOTS = {"plots/contour.png", "plots/contour_panels.png", "plots/surface.png", "plots/loss.png",
@@ -157,8 +156,8 @@ def test_the_modern_set_compares_on_cifar_every_child_finished_with_finite_metri
 
 
 def test_the_parent_records_which_children_got_a_setting_only_some_take():
-    from pipeline.compare_config import build_compare
     from pipeline.compare import shared_params
+    from pipeline.config.compare import build_compare
 
     params = shared_params(build_compare({"optimizers": "sgd,adam,nesterov", "momentum": "0.5"}))
     assert params["momentum_applies_to"] == "sgd,nesterov" and "momentum" not in params

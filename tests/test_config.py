@@ -7,13 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.compare_config import CompareConfig, build_compare
-from pipeline.config import CONFIGS, PARAMS_FILE, build_config, parse_point
-from pipeline.errors import UsageError
-from pipeline.optimizers import NOTEBOOK_OPTIMIZERS, optimizer_names
-
-
-from pipeline.tune_config import TuneConfig
+from pipeline.config.compare import CompareConfig, build_compare
+from pipeline.config.tasks import CONFIGS, PARAMS_FILE, build_config, parse_point
+from pipeline.config.tune import TuneConfig
+from pipeline.core.errors import UsageError
+from pipeline.optim.registry import NOTEBOOK_OPTIMIZERS, optimizer_names
 
 SECTIONS = {**CONFIGS, "compare": CompareConfig, "tune": TuneConfig}  # the sweeps' configs live in *_config.py
 
@@ -188,7 +186,8 @@ def test_a_sweep_setting_no_listed_optimizer_takes_is_refused_not_dropped():
     assert build_compare({"optimizers": "adam,adamw", "momentum": "default"}).children[0].momentum is None
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st  # noqa: E402
 
 from pipeline.cli import parse_overrides  # noqa: E402
 

@@ -12,22 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cifar_files import write_cifar_batches
+from conftest import cli, new_experiment
 from PIL import Image
+from test_files_fuzz import assert_one_line_exit_2, cifar_argv, hostile_pickle
 from torchvision.transforms import functional as TF
 
-from conftest import cli, new_experiment
 from bench.baselines import torchvision_test_transform, torchvision_train_transform
-from cifar_files import write_cifar_batches
-from pipeline.data import (
-    CIFAR_MEAN, CIFAR_STD, CifarLoader, UnofficialDataWarning, augment_batch, crop_and_flip, load_cifar10,
-    normalize,
-)
-from pipeline.config import build_config
-from pipeline.errors import UsageError
-from pipeline.safe_pickle import ALLOWED
-from test_files_fuzz import assert_one_line_exit_2, cifar_argv, hostile_pickle
+from bench.data import SUBSET
+from pipeline.config.tasks import build_config
+from pipeline.core.errors import UsageError
+from pipeline.workloads.cifar.data import (CIFAR_MEAN, CIFAR_STD, CifarLoader, UnofficialDataWarning, augment_batch,
+                                           crop_and_flip, load_cifar10, normalize)
+from pipeline.workloads.cifar.safe_pickle import ALLOWED
 
-SUBSET = Path(__file__).resolve().parents[2] / "shared/data/cifar10-subset"
 needs_subset = pytest.mark.skipif(not SUBSET.is_dir(), reason=f"real CIFAR-10 subset not found at {SUBSET}")
 
 
@@ -472,7 +470,7 @@ def test_gpu_loader_gives_the_cpu_batches() -> None:
 def test_the_layout_names_are_torchvisions_official_ones() -> None:
     from torchvision.datasets import CIFAR10
 
-    from pipeline.data import BATCHES_DIR, TEST_FILES, TRAIN_FILES
+    from pipeline.workloads.cifar.data import BATCHES_DIR, TEST_FILES, TRAIN_FILES
 
     assert BATCHES_DIR == CIFAR10.base_folder
     assert TRAIN_FILES == tuple(name for name, _ in CIFAR10.train_list)

@@ -1,8 +1,8 @@
 """`make demo` (`python -m pipeline demo`): its code path on tiny settings against the test store. The sweeps'
 module constants are shrunk; everything else (sweeps, summaries, champion, the skip without data) is real."""
 import pytest
-
 from conftest import SHARED_SUBSET, new_experiment, runs_of
+
 from pipeline import demo
 
 TOY_OPTIMIZERS = ["adam", "rmsprop"]

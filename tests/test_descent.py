@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from pipeline.descent import _outcome_steps, run_descent, starting_points
-from pipeline.functions import FUNCTIONS
-from pipeline.optimizers import OptimizerSettings, optimizer_names
+from pipeline.optim.registry import OptimizerSettings, optimizer_names
+from pipeline.workloads.toy.descent import _outcome_steps, run_descent, starting_points
+from pipeline.workloads.toy.functions import FUNCTIONS
 
 # (function, optimizer, lr, steps): settings under which each optimizer must reach the global minimum.
 CONVERGES = [

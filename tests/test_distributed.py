@@ -11,12 +11,12 @@ import numpy as np
 import psutil
 import pytest
 import torch
-
 from conftest import REPO, SHARED_SUBSET, cli, metric_history, mlflow_run, new_experiment, runs_of
-from pipeline.data import CifarLoader
-from pipeline.distributed import (CpuSyncBatchNorm, ShardedBatches, World, backend, plain_batchnorm,
-                                  sync_batchnorm, world_from_env)
-from pipeline.models import build_model
+
+from pipeline.training.distributed import (CpuSyncBatchNorm, ShardedBatches, World, backend, plain_batchnorm,
+                                           sync_batchnorm, world_from_env)
+from pipeline.workloads.cifar.data import CifarLoader
+from pipeline.workloads.cifar.models import build_model
 
 needs_subset = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
 TINY = ("model=tiny_cnn", f"data_dir={SHARED_SUBSET}", "system_metrics=false", "bf16=false")

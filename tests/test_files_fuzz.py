@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from cifar_files import write_cifar_batches
+from conftest import cli, new_experiment
 from PIL import Image
 
-from conftest import cli, new_experiment
-from cifar_files import write_cifar_batches
-from pipeline.data import load_cifar10
-from pipeline.images import read_images
+from pipeline.workloads.cifar.data import load_cifar10
+from pipeline.workloads.cifar.images import read_images
 
 
 def assert_one_line_exit_2(argv: list[str], *names: str) -> str:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import UsageError
-from pipeline.functions import FUNCTIONS, get_function
+from pipeline.core.errors import UsageError
+from pipeline.workloads.toy.functions import FUNCTIONS, get_function
 
 TAU = 2 * math.pi
 

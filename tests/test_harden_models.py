@@ -23,17 +23,17 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import cli, new_experiment, run_cli, runs_of
-from pipeline import tracking
-from pipeline.data import CIFAR_MEAN, CIFAR_STD
-from pipeline.images import read_images
-from pipeline.models import ImageClassifier, build_model
-from pipeline.runlog import MODEL_METADATA
-from pipeline.tracking.modelfiles import PICKLE_SWITCH, pickle_off
+from PIL import Image
 from servers import free_port, stop_server, wait_healthy
 from test_files_fuzz import assert_one_line_exit_2
+
+from pipeline import tracking
+from pipeline.tracking.modelfiles import PICKLE_SWITCH, pickle_off
+from pipeline.training.runlog import MODEL_METADATA
+from pipeline.workloads.cifar.data import CIFAR_MEAN, CIFAR_STD
+from pipeline.workloads.cifar.images import read_images
+from pipeline.workloads.cifar.models import ImageClassifier, build_model
 
 _RUN_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 

@@ -15,15 +15,15 @@ import numpy as np
 import psutil
 import pytest
 import torch
-
 from cifar_files import write_cifar_batches
 from conftest import REPO, SHARED_SUBSET, artifact_files, cli, mlflow_run, new_experiment, runs_of
-from pipeline.config import build_config
-from pipeline.data import CifarLoader, load_cifar10
-from pipeline.distributed import ShardedBatches, World, check_shares
-from pipeline.landscape import RECORD_PER_EPOCH, Recorder
-from pipeline.logger import MemoryLogger
-from pipeline.models import build_model
+
+from pipeline.config.tasks import build_config
+from pipeline.landscape.plane import RECORD_PER_EPOCH, Recorder
+from pipeline.training.distributed import ShardedBatches, World, check_shares
+from pipeline.training.hooks import MemoryLogger
+from pipeline.workloads.cifar.data import CifarLoader, load_cifar10
+from pipeline.workloads.cifar.models import build_model
 
 needs_subset = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
 SCAPE = ("--model", "tiny_cnn", "--landscape", "true", "--landscape_grid", "3", "--landscape_images", "16",
@@ -97,7 +97,7 @@ def test_a_compare_whose_every_child_diverged_keeps_its_parent_finished(tracking
 @needs_subset
 def test_a_diverged_path_is_left_out_of_the_plane(capsys):
     """A diverged child's last recorded points (finite, far out) would take the plane: they are not in it."""
-    from pipeline.landscape_report import draw
+    from pipeline.landscape.report import draw
 
     cfg = build_config("cifar", {"model": "tiny_cnn", "landscape_grid": "3", "landscape_images": "16",
                                  "batch_size": "16", "data_dir": str(SHARED_SUBSET)})

@@ -15,7 +15,6 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-
 from conftest import REPO, SHARED_SUBSET, cli, new_experiment, runs_of
 from servers import free_port, postgres_or_skip
 from test_tune import _storage
@@ -65,7 +64,7 @@ def test_an_in_memory_storage_is_one_line_asking_for_a_file(tracking, storage):
 def test_a_postgresql_url_takes_the_installed_driver_and_a_closed_port_says_it_could_not_connect(tracking):
     """Before: `postgresql://` (what params.yaml offers) failed with "install appropriate module", as SQLAlchemy
     maps it to psycopg 3, which is not installed."""
-    from pipeline import search
+    from pipeline.sweeps.tune import search
 
     assert search.engine_url("postgresql://u@h:5/db") == "postgresql+psycopg2://u@h:5/db"
     assert search.engine_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
@@ -135,7 +134,7 @@ def _claim_study(tmp_path, name="claim") -> optuna.Study:
 def test_a_try_whose_maker_fell_silent_is_failed_and_made_again(tmp_path):
     """A maker killed mid-way (its beat stands still), and one killed before it wrote anything (no attrs at all):
     each is failed after 3 beats, and the next process makes the thing, seeing the dead try's token."""
-    from pipeline import claim
+    from pipeline.sweeps.tune import claim
 
     for attrs in ({"token": "t-dead", "maker": "elsewhere:1", "beat_s": 1, "beat": 4}, {}):
         study = _claim_study(tmp_path, name=f"claim-{len(attrs)}")
@@ -153,7 +152,7 @@ def test_a_try_whose_maker_fell_silent_is_failed_and_made_again(tmp_path):
 
 def test_a_live_maker_is_waited_for_and_not_replaced(tmp_path):
     """A maker that beats is alive however long it takes: the others wait (here up to 4 s), then say who."""
-    from pipeline import claim
+    from pipeline.sweeps.tune import claim
 
     study = _claim_study(tmp_path)
     live = study.ask()
@@ -167,7 +166,7 @@ def test_a_live_maker_is_waited_for_and_not_replaced(tmp_path):
 def test_a_maker_whose_try_was_taken_over_undoes_what_it_made(tmp_path):
     """A maker silent long enough for another to fail its try (stopped with Ctrl-Z, cut off) undoes its work
     instead of recording it, and the thing is made once more."""
-    from pipeline import claim
+    from pipeline.sweeps.tune import claim
 
     study, undone, calls = _claim_study(tmp_path), [], []
     other = optuna.load_study(study_name="claim", storage=f"sqlite:///{tmp_path / 'claim.db'}")  # another process
@@ -198,7 +197,7 @@ def _read(path: str, sql: str, *args):
 def _kill_while_creating_runs(store_uri: str, params: dict) -> bool:
     """Start the tune in a fresh process and SIGKILL it once its `:runs` study exists and some of its runs do,
     before their ids are recorded; False when the moment was missed (the ids were recorded first)."""
-    from pipeline.tune_config import build_tune
+    from pipeline.config.tune import build_tune
 
     name = f"optlab-tune-{build_tune(params).key()}:runs"
     args = [part for key, value in params.items() for part in (f"--{key}", value)]
@@ -433,7 +432,7 @@ def test_with_a_gpu_each_the_workers_train_to_the_end_however_long(tracking, sto
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_run_again(tracking, store_uri):
     """A worker killed (or interrupted) between Optuna's ask and its first heartbeat leaves a RUNNING trial Optuna
     never finds stale. Before: it held the study's place for good, and every later command waited forever."""
-    from pipeline.tune_config import build_tune
+    from pipeline.config.tune import build_tune
 
     params = {"optimizers": "adam", "functions": "booth", "trials": "1", "seeds": "1", "steps": "5", "starts": "2",
               "heartbeat_s": "1", "experiment": new_experiment()}
@@ -446,7 +445,7 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_run_
                           env={**os.environ, "MLFLOW_TRACKING_URI": store_uri}, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    from pipeline import search
+    from pipeline.sweeps.tune import search
 
     study = optuna.load_study(study_name=study.study_name, storage=_storage(store_uri))
     assert search.counts(study) == {"complete": 1, "pruned": 0, "running": 0, "waiting": 0, "fail": 0,

@@ -8,13 +8,13 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_SUBSET, artifact_files, cli, new_experiment, runs_of
-from pipeline.data import CifarLoader, load_cifar10
-from pipeline.landscape import RECORD_PER_EPOCH, Recorder, flat, grid_axes, pca_plane, project, random_plane
-from pipeline.models import build_model
-from pipeline.surface import grid_figures, loss_at
-from pipeline.train import Precision, evaluate, recompute_batchnorm
+
+from pipeline.landscape.loss_grid import grid_figures, loss_at
+from pipeline.landscape.plane import RECORD_PER_EPOCH, Recorder, flat, grid_axes, pca_plane, project, random_plane
+from pipeline.training.loop import Precision, evaluate, recompute_batchnorm
+from pipeline.workloads.cifar.data import CifarLoader, load_cifar10
+from pipeline.workloads.cifar.models import build_model
 
 needs_subset = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
 ARTIFACTS = {"plots/landscape_contour.png", "plots/landscape_surface.png", "landscape.csv", "landscape_paths.csv"}

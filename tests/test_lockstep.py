@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_SUBSET, cli, metric_history, new_experiment, runs_of
-from pipeline.data import CifarLoader
-from pipeline.models import build_model
-from pipeline.optimizers import OptimizerSettings, build_optimizer
-from pipeline.train import Member, Precision, fit
+
+from pipeline.optim.registry import OptimizerSettings, build_optimizer
+from pipeline.training.loop import Member, Precision, fit
+from pipeline.workloads.cifar.data import CifarLoader
+from pipeline.workloads.cifar.models import build_model
 
 CPU = Precision(torch.device("cpu"))
 OPTIMIZERS = ("momentum", "adam", "adadelta")

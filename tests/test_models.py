@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights
 
-from pipeline.config import build_config
-from pipeline.errors import UsageError
-from pipeline.models import MODELS, build_model
+from pipeline.config.tasks import build_config
+from pipeline.core.errors import UsageError
+from pipeline.workloads.cifar.models import MODELS, build_model
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -93,8 +93,8 @@ def test_pretrained_offline_is_one_clean_usage_error() -> None:
 
 
 def test_the_logged_classifier_normalises_as_training_does_and_answers_probabilities():
-    from pipeline.data import CIFAR_MEAN, CIFAR_STD, normalize
-    from pipeline.models import ImageClassifier
+    from pipeline.workloads.cifar.data import CIFAR_MEAN, CIFAR_STD, normalize
+    from pipeline.workloads.cifar.models import ImageClassifier
 
     torch.manual_seed(0)
     net = build_model("tiny_cnn", 10).eval()

@@ -3,10 +3,10 @@ the classifier, norms and biases to AdamW; one optimizer object for the loop, sc
 import pytest
 import torch
 
-from pipeline.models import build_model
-from pipeline.muon import MuonAdamW, split_params
-from pipeline.optimizers import OptimizerSettings, build_optimizer
-from pipeline.schedulers import build_scheduler
+from pipeline.optim.muon import MuonAdamW, split_params
+from pipeline.optim.registry import OptimizerSettings, build_optimizer
+from pipeline.optim.schedulers import build_scheduler
+from pipeline.workloads.cifar.models import build_model
 
 
 def _model(name="tiny_cnn"):

@@ -5,12 +5,12 @@ import io
 
 import pytest
 import torch
-
 from conftest import SHARED_SUBSET
-from pipeline.errors import UsageError
-from pipeline.models import build_model
-from pipeline.optimizers import (MODERN_OPTIMIZERS, OPTIMIZERS, OptimizerSettings, build_optimizer, check_runs,
-                                 fast_kwargs, get_spec, named_set, optimizer_names, set_mode)
+
+from pipeline.core.errors import UsageError
+from pipeline.optim.registry import (MODERN_OPTIMIZERS, OPTIMIZERS, OptimizerSettings, build_optimizer, check_runs,
+                                     fast_kwargs, get_spec, named_set, optimizer_names, set_mode)
+from pipeline.workloads.cifar.models import build_model
 
 
 def build(name, params, fast=False, **settings):
@@ -46,7 +46,7 @@ def _tiny_cnn():
 @pytest.fixture(scope="module")
 def images():
     """128 real training images, normalised, and their labels."""
-    from pipeline.data import CifarLoader, load_cifar10
+    from pipeline.workloads.cifar.data import CifarLoader, load_cifar10
 
     arrays = load_cifar10(SHARED_SUBSET, download=False, train_limit=128, val_limit=2)
     return next(iter(CifarLoader(arrays.train_x, arrays.train_y, 128, train=False)))

@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from pipeline import outbox
-from pipeline.outbox import PERMANENT_TRIES, Outbox
+from pipeline.tracking import outbox
+from pipeline.tracking.outbox import PERMANENT_TRIES, Outbox
 
 
 @pytest.fixture(autouse=True)

@@ -4,15 +4,16 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline import compare, plots
-from pipeline.functions import get_function
+from pipeline import compare
+from pipeline.viz import figures
+from pipeline.workloads.toy.functions import get_function
 
 
 def test_a_path_that_ran_off_to_1e308_still_draws_inside_the_window():
     fn = get_function("rosenbrock")
     paths = {"fled": np.array([[-1.2, 1.0], [50.0, 50.0], [1e308, -1e308]]),
              "home": np.array([[0.0, 0.0], [1.0, 1.0]])}
-    for figure in (plots.contour_figure(fn, paths), plots.surface_figure(fn, paths)):
+    for figure in (figures.contour_figure(fn, paths), figures.surface_figure(fn, paths)):
         figure.savefig(io.BytesIO(), format="png")  # before: numpy.arange overflowed in the tick locator
         ax = figure.axes[0]
         (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
@@ -30,9 +31,9 @@ def _pixels(figure) -> np.ndarray:
 def test_gif_frames_grow_the_paths_and_end_on_the_full_contour_plot(tmp_path):
     fn = get_function("ackley")
     paths = {"long": np.linspace([-3.0, 3.0], [0.0, 0.0], 40), "short": np.linspace([3.0, -2.0], [0.5, 0.5], 25)}
-    frames = plots.paths_frames(fn, paths, frames=10)
+    frames = figures.paths_frames(fn, paths, frames=10)
     assert len(frames) == 10 and {frame.size for frame in frames} == {frames[0].size}
-    full = _pixels(plots.contour_figure(fn, paths))
+    full = _pixels(figures.contour_figure(fn, paths))
     below_title = slice(int(0.06 * full.shape[0]), None)  # each frame writes its own title
 
     def changed(image: np.ndarray) -> float:
@@ -53,8 +54,8 @@ def test_gif_frames_grow_the_paths_and_end_on_the_full_contour_plot(tmp_path):
 
 
 def test_every_optimizer_has_its_own_colour_and_the_legend_stays_off_the_data():
-    from pipeline.optimizers import optimizer_names
-    from pipeline.styles import looks
+    from pipeline.optim.registry import optimizer_names
+    from pipeline.viz.styles import looks
 
     names = optimizer_names()
     styles = looks(names)
@@ -62,18 +63,18 @@ def test_every_optimizer_has_its_own_colour_and_the_legend_stays_off_the_data():
     assert len({color for color, _ in list(styles.values())[:12]}) == 12  # the first twelve by colour alone
     assert looks(["radam", "adam"]) == {"radam": styles["radam"], "adam": styles["adam"]}  # the same in every plot
     lines = {name: ([1, 2, 3], [0.1 * i, 0.2 * i, 0.3 * i]) for i, name in enumerate(names)}
-    fig = plots.overlay_figure(lines, "epoch", "val_acc", "nineteen")
+    fig = figures.overlay_figure(lines, "epoch", "val_acc", "nineteen")
     (ax,) = fig.axes
     drawn = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in ax.get_lines()}
     assert len(set(drawn.values())) == 19 and ax.get_legend() is None and len(fig.legends) == 1
 
 
 def test_small_multiples_draw_one_panel_per_path_on_one_colour_scale():
-    from pipeline.functions import get_function
+    from pipeline.workloads.toy.functions import get_function
 
     fn = get_function("ackley")
     paths = {name: np.array([[-3.0, 3.0], [-2.0, 2.0]]) for name in ("sgd", "asgd", "adam")}  # sgd = asgd
-    fig = plots.panels_figure(fn, paths)
+    fig = figures.panels_figure(fn, paths)
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert [ax.get_title() for ax in panels] == ["sgd", "asgd", "adam"]
     assert all(len(ax.get_lines()) == 1 for ax in panels)  # each panel its own path, none hidden

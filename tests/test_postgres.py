@@ -8,7 +8,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-
 from conftest import SHARED_SUBSET, artifact_files, cli, metric_history, new_experiment, runs_of
 from servers import free_port, postgres_or_skip, start_server, stop_server
 
@@ -96,9 +95,9 @@ def test_two_tune_commands_share_one_study_in_postgres(postgres_server):
     import sys
 
     import optuna
-
     from conftest import REPO
-    from pipeline import search
+
+    from pipeline.sweeps.tune import search
 
     url, pgdata = postgres_server
     port = (pgdata / "data" / "postmaster.pid").read_text().splitlines()[3]

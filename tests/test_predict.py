@@ -8,14 +8,14 @@ import zlib
 import mlflow
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
-
-from conftest import SHARED_SUBSET, cli, metric_history, new_experiment, run_cli, runs_of
 from cifar_files import write_cifar_batches
-from pipeline.data import CIFAR_CLASSES, load_cifar10
-from pipeline.images import MAX_IMAGE_SIDE, read_images
-from pipeline.errors import UsageError
+from conftest import SHARED_SUBSET, cli, metric_history, new_experiment, run_cli, runs_of
+from PIL import Image, ImageFile
 from test_files_fuzz import assert_one_line_exit_2, hostile_pickle, predict_argv
+
+from pipeline.core.errors import UsageError
+from pipeline.workloads.cifar.data import CIFAR_CLASSES, load_cifar10
+from pipeline.workloads.cifar.images import MAX_IMAGE_SIDE, read_images
 
 
 def _png_folder(folder, images, labels):

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import reference
-from pipeline.descent import run_descent
-from pipeline.functions import FUNCTIONS
-from pipeline.optimizers import OptimizerSettings
+from pipeline.optim.registry import OptimizerSettings
+from pipeline.workloads.toy import reference
+from pipeline.workloads.toy.descent import run_descent
+from pipeline.workloads.toy.functions import FUNCTIONS
 
 ACKLEY = FUNCTIONS["ackley"]
 START, STEPS, LR = (-2.0, -2.0), 200, 0.05

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_SUBSET, cli, metric_history, new_experiment
-from pipeline import outbox
+
 from pipeline.cifar import build_loaders, build_trainer
-from pipeline.config import build_config
-from pipeline.data import load_cifar10
-from pipeline.logger import MemoryLogger
-from pipeline.runlog import RunLog
-from pipeline.train import FitState
+from pipeline.config.tasks import build_config
+from pipeline.tracking import outbox
+from pipeline.training.hooks import MemoryLogger
+from pipeline.training.loop import FitState
+from pipeline.training.runlog import RunLog
+from pipeline.workloads.cifar.data import load_cifar10
 
 pytestmark = pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
 

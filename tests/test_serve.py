@@ -7,10 +7,10 @@ import sys
 import urllib.request
 
 import numpy as np
-
 from conftest import SHARED_SUBSET
-from pipeline.data import CIFAR_CLASSES, load_cifar10
 from servers import free_port, stop_server, wait_healthy
+
+from pipeline.workloads.cifar.data import CIFAR_CLASSES, load_cifar10
 
 PYFUNC = """
 import json, sys

@@ -7,7 +7,6 @@ import time
 
 import mlflow
 import pytest
-
 from conftest import REPO, SHARED_SUBSET, cli, metric_history, new_experiment, runs_of
 from servers import free_port, start_server, stop_server
 
@@ -84,7 +83,7 @@ def test_an_unreachable_server_is_one_line_within_seconds():
 
 # `python -m pipeline` with the sender's longest pause between retries cut from 10 s to 1 s: the retry that
 # gets through comes within a second of the server's return, not up to 10 s later. Nothing else changes.
-QUICK_RETRIES = ("import runpy; import pipeline.outbox as outbox; outbox.RETRY_MAX_S = 1.0; "
+QUICK_RETRIES = ("import runpy; import pipeline.tracking.outbox as outbox; outbox.RETRY_MAX_S = 1.0; "
                  "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)")
 
 

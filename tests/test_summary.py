@@ -3,8 +3,8 @@ import csv
 import io
 import math
 
-from pipeline import summary
-from pipeline.summary import RunRecord
+from pipeline.sweeps import summary
+from pipeline.sweeps.summary import RunRecord
 
 
 def _record(name, best, diverged=False, status="FINISHED", epoch_times=(2.0, 3.0)):

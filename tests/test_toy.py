@@ -11,11 +11,12 @@ import time
 import mlflow
 import numpy as np
 import pytest
-
-from conftest import artifact_files, metric_history, mlflow_run, new_experiment, runs_of
+from conftest import artifact_files
 from conftest import cli as run_in_process
+from conftest import metric_history, mlflow_run, new_experiment, runs_of
+
 from pipeline import cli
-from pipeline.config import build_config
+from pipeline.config.tasks import build_config
 from pipeline.toy import main as toy_main
 
 PLOTS = {"plots/contour.png", "plots/surface.png", "plots/loss.png"}

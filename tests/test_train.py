@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import CifarLoader
-from pipeline.models import build_model
-from pipeline.optimizers import OptimizerSettings, build_optimizer, set_mode
-from pipeline.schedulers import SCHEDULERS, build_scheduler
-from pipeline.train import (FitState, Member, Precision, evaluate, fit, native_bf16, recompute_batchnorm,
-                            train_epoch)
+from pipeline.optim.registry import OptimizerSettings, build_optimizer, set_mode
+from pipeline.optim.schedulers import SCHEDULERS, build_scheduler
+from pipeline.training.loop import (FitState, Member, Precision, evaluate, fit, native_bf16, recompute_batchnorm,
+                                    train_epoch)
+from pipeline.workloads.cifar.data import CifarLoader
+from pipeline.workloads.cifar.models import build_model
 
 CPU = Precision(torch.device("cpu"))
 

@@ -4,15 +4,14 @@ import csv
 import io
 import json
 import re
-import urllib.parse
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import optuna
 import pytest
-
 from conftest import artifact_files, cli, metric_history, new_experiment, runs_of
 
 OPTIMIZERS, FUNCTIONS, K, S = ("adam", "sgd"), ("rosenbrock", "ackley"), 3, 2
@@ -219,21 +218,21 @@ def test_a_cifar_tune_with_hyperband_counts_pruned_trials_and_logs_the_same_repo
 
 
 def test_performance_profiles_winners_and_seed_statistics_by_hand():
-    from pipeline import tuned
+    from pipeline.sweeps.tune import results as tune_results
 
     table = {"a": {"w1": 1.0, "w2": 4.0}, "b": {"w1": 2.0, "w2": 1.0}}
-    curves = tuned.profiles(table, np.array([1.0, 2.0, 4.0]))
+    curves = tune_results.profiles(table, np.array([1.0, 2.0, 4.0]))
     assert curves["a"].tolist() == [0.5, 0.5, 1.0] and curves["b"].tolist() == [0.5, 1.0, 1.0]
-    assert tuned.mean_sd([1.0, 2.0, 6.0]) == (3.0, pytest.approx(2.6457513, rel=1e-6))
-    assert tuned.mean_sd([5.0]) == (5.0, 0.0)
+    assert tune_results.mean_sd([1.0, 2.0, 6.0]) == (3.0, pytest.approx(2.6457513, rel=1e-6))
+    assert tune_results.mean_sd([5.0]) == (5.0, 0.0)
 
     def result(name, default, seeds):
-        record = tuned.TrialRecord(0, "complete", {"lr": 0.1}, default)
-        return tuned.StudyResult(name, "w", 0.1, [record], record,
-                                 [tuned.TrialRecord(i, "complete", {}, v) for i, v in enumerate(seeds)], False)
+        record = tune_results.TrialRecord(0, "complete", {"lr": 0.1}, default)
+        return tune_results.StudyResult(name, "w", 0.1, [record], record,
+                                      [tune_results.TrialRecord(i, "complete", {}, v) for i, v in enumerate(seeds)], False)
     results = [result("a", 1.0, [0.50, 0.52]), result("b", 3.0, [0.51, 0.53]), result("c", 2.0, [0.9, 1.0])]
-    assert tuned.winners(results) == {"w": ("a", "a", ["b"])}
-    assert tuned.costs(results, floor=0.6)["a"]["w"] == 0.6  # gaps below the floor count as equal
+    assert tune_results.winners(results) == {"w": ("a", "a", ["b"])}
+    assert tune_results.costs(results, floor=0.6)["a"]["w"] == 0.6  # gaps below the floor count as equal
 
 
 def test_mlflow_run_tune_makes_its_run_the_parent_and_a_second_one_joins(tracking, store_uri):
@@ -257,7 +256,8 @@ def test_mlflow_run_tune_makes_its_run_the_parent_and_a_second_one_joins(trackin
     assert [r.data.tags.get("task") for r in runs_of(tracking, experiment)].count("tune") == 1
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st  # noqa: E402
 
 _VALUES = st.one_of(st.text(max_size=30), st.sampled_from(["qmc", "hyperband", "lr,weight_decay", "0", "-1", "1e309",
                                                            "nan", "9" * 400, "cifar", "toy", "adam,,adam", "😀",
@@ -270,8 +270,8 @@ _VALUES = st.one_of(st.text(max_size=30), st.sampled_from(["qmc", "hyperband", "
                                                   "workers", "storage", "heartbeat_s", "steps", "momentum", "lr",
                                                   "weight_decay", "bogus"]), _VALUES, max_size=5))
 def test_any_tune_input_is_a_config_or_one_usage_error_line(overrides):
-    from pipeline.errors import UsageError
-    from pipeline.tune_config import build_tune
+    from pipeline.config.tune import build_tune
+    from pipeline.core.errors import UsageError
 
     try:
         config = build_tune(overrides)

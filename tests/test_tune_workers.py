@@ -8,11 +8,11 @@ import time
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import REPO, cli, new_experiment, run_cli, runs_of
-from pipeline import search
+from optuna.trial import TrialState
 from test_tune import _studies
+
+from pipeline.sweeps.tune import search
 
 
 def _study() -> optuna.Study:
@@ -125,8 +125,8 @@ def test_on_a_machine_with_several_gpus_each_worker_sees_one():
                                                            ("0,1,2,3", "cifar", "2", 2)])
 def test_without_workers_a_cifar_tune_takes_one_worker_per_visible_gpu(monkeypatch, visible, task, workers, expected):
     """Issue 16: workers not given (0) is one worker per visible GPU; checked on the plan, as CI has no GPU."""
+    from pipeline.config.tune import build_tune
     from pipeline.tune import worker_count
-    from pipeline.tune_config import build_tune
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     assert build_tune({"task": task}).workers == 0  # the default

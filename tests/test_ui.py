@@ -3,7 +3,6 @@ the sweep's child runs and charts val_acc. Skipped without Chromium, except in C
 import os
 
 import pytest
-
 from browser import chromium, render, start_ui
 from servers import free_port, stop_server
 

@@ -4,31 +4,21 @@
 - `run`: `open_run(...)` -> `Run`, the one way to start or continue a run (top level or nested) and log to it;
 - `experiments`: which experiment a run goes to, made and marked for the UI;
 - `store`: questions asked of stored runs (resumable, reusable, histories, artifacts, models, aliases);
-- `launcher`: what `mlflow run` hands the process (MLFLOW_RUN_ID); light, loads no MLflow.
+- `modelfiles`: a logged model's folder checked before MLflow loads it;
+- `outbox`: the background sender that keeps logging through a server outage (knows no MLflow itself).
 
-Names are loaded on first use, so `from pipeline import tracking` costs nothing until a run is touched.
+Importing this package loads MLflow: the command line validates every param before it imports an entry point.
 """
-from __future__ import annotations
+from pipeline.tracking.experiments import ensure_experiment, local_store_folder
+from pipeline.tracking.run import (Run, check_handed_experiment, end_run, existing_run, fail_handed_run, fail_run,
+                                   handed_run_tags, kill_run, note_handed_run, open_run)
+from pipeline.tracking.server import check_server, is_permanent, is_store_error, tracking_uri
+from pipeline.tracking.store import (SWEEPS_TAG, add_to_sweep, download, fetch_run, find_finished_run,
+                                     find_resumable_run, last_step, latest_runs, load_predictor, run_exists,
+                                     running_runs, set_alias, share_sweep_view, sweep_link)
 
-import importlib
-from typing import Any
-
-_HOMES = {
-    "server": ("tracking_uri", "check_server", "is_permanent", "is_store_error"),
-    "run": ("Run", "open_run", "handed_run_tags", "existing_run", "fail_run", "kill_run", "end_run",
-            "note_handed_run", "check_handed_experiment"),
-    "experiments": ("ensure_experiment", "local_store_folder"),
-    "store": ("find_resumable_run", "find_finished_run", "running_runs", "fetch_run", "latest_runs", "last_step",
-              "run_exists", "download", "load_predictor", "set_alias", "add_to_sweep", "sweep_link",
-              "share_sweep_view", "SWEEPS_TAG"),
-    "launcher": ("record_refusal",),
-}
-_WHERE = {name: module for module, names in _HOMES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    """Load the submodule that holds `name` on first use."""
-    if name not in _WHERE:
-        raise AttributeError(f"module 'pipeline.tracking' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"pipeline.tracking.{_WHERE[name]}"), name)
+__all__ = ["Run", "SWEEPS_TAG", "add_to_sweep", "check_handed_experiment", "check_server", "download",
+           "end_run", "ensure_experiment", "existing_run", "fail_handed_run", "fail_run", "fetch_run",
+           "find_finished_run", "find_resumable_run", "handed_run_tags", "is_permanent", "is_store_error",
+           "kill_run", "last_step", "latest_runs", "load_predictor", "local_store_folder", "note_handed_run",
+           "open_run", "run_exists", "running_runs", "set_alias", "share_sweep_view", "sweep_link", "tracking_uri"]

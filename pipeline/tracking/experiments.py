@@ -11,7 +11,6 @@ import mlflow
 
 from pipeline.tracking.server import tracking_uri
 
-
 # The UI opens an experiment in its GenAI overview unless this tag says it holds model-training runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 EXPERIMENT_NOTE = ("Runs of optlab, which compares deep-learning optimizers. Parent runs (compare, tune) hold the "

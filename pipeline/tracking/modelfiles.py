@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from pipeline.errors import UsageError, one_line
+from pipeline.core.errors import UsageError, one_line
 
 # MLflow 3.17 allows pickle deserialization unless this says false; with it false, its pytorch flavor refuses
 # model.pth and checks the records of a pt2 archive with torch's weights-only unpickler before torch.export.load

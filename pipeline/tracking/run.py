@@ -16,15 +16,15 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, Ru
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from pipeline.errors import UsageError, one_line
-from pipeline.tracking.launcher import handed_run_id, take_handed_run_id
-from pipeline.tracking.modelfiles import pickle_off
+from pipeline.core.errors import UsageError, one_line
+from pipeline.core.handed import handed_run_id, take_handed_run_id
 from pipeline.tracking.experiments import experiment_id_for, mark_experiment
+from pipeline.tracking.modelfiles import pickle_off
 from pipeline.tracking.server import connect, is_store_error, refusals_as_usage_errors
+from pipeline.training.hooks import Step
 
 _BATCH = 1000  # MLflow accepts at most 1000 metrics in one log_batch call
 FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
-Step = tuple[int, int, Mapping[str, float]]  # (step, time in ms, {key: value})
 
 
 class Run:

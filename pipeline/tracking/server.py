@@ -11,8 +11,8 @@ import mlflow
 from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
 from mlflow.utils.rest_utils import http_request
 
-from pipeline.config import PROJECT_ROOT
-from pipeline.errors import UsageError
+from pipeline.core.errors import UsageError
+from pipeline.core.provenance import PROJECT_ROOT
 
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 

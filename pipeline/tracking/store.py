@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import mlflow
 
-from pipeline.errors import UsageError, one_line
+from pipeline.core.errors import UsageError, one_line
 from pipeline.tracking.experiments import experiment_id_for, set_experiment_tag
 from pipeline.tracking.modelfiles import check_model_folder, load_refusal, pickle_off
 from pipeline.tracking.server import connect, tracking_uri
