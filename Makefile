@@ -1,4 +1,4 @@
-# make demo: the main job. make test: the test suite. Both build .venv first (fast when nothing changed).
+# make demo: the main job. make test: the test suite (make test-fast: its fast tier). Both build .venv first (fast when nothing changed).
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 
@@ -17,7 +17,7 @@ PGPORT ?= 5433
 auth ?= false
 AUTH ?= $(auth)
 
-.PHONY: setup demo test bench server ui ui-shot clean
+.PHONY: setup demo test test-fast bench server ui ui-shot clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The fast tier: every test that starts no process, server or browser (tests/tiers.py decides from the source),
+# two at a time. About a minute on 2 cores; `make test` runs everything, as CI does.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" -n 2
 
 # Speed against the notebook's loops, measured side by side: one table of ratios (docs/performance.md).
 bench: setup

@@ -11,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
+import tiers
 from bench.data import SUBSET
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test-fast: one worker per core, so one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
 SHARED_SUBSET = SUBSET  # the real CIFAR-10 subset beside the checkout (bench/data.py says where)
 _RUN_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_URI")
 
@@ -162,3 +167,21 @@ def cifar_sweep(store_uri):
     # The same sweep again, in this process (a second `mlflow run` costs seconds and tests nothing more here)
     second = cli("compare", *(f"--{param}" for param in params), "--experiment", experiment, env=env)
     return experiment, model_name, first, second
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects by the marks set here
+def pytest_collection_modifyitems(config, items):
+    """Tests that start processes go to the slow tier (tests/tiers.py)."""
+    tiers.assign(items)
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_starts_no_process(request):
+    """The guard: a test in the fast tier that starts a process fails, saying what it started."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    with tiers.Tripwire() as wire:
+        yield
+    if wire.started:
+        pytest.fail(tiers.guard_message(request.node, wire.started), pytrace=False)

@@ -7,6 +7,8 @@ import sys
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # each test trains whole sweeps or bench rows in this process
+
 SAME_PATHS = re.compile(r"^- (toy \d+ starts): same paths: final positions of (\d+) shared starts differ by at most "
                         r"(\S+)$", re.MULTILINE)
 GAP_TOLERANCE = 1e-8  # both run float64; the compiled and the numpy loops differ by ~1e-11 after 100 steps

@@ -5,6 +5,8 @@ from conftest import SHARED_SUBSET, new_experiment, runs_of
 
 from pipeline import demo
 
+pytestmark = pytest.mark.slow  # each test trains whole sweeps or bench rows in this process
+
 TOY_OPTIMIZERS = ["adam", "rmsprop"]
 CIFAR_OPTIMIZERS = ["momentum", "adam"]
 
