@@ -17,7 +17,7 @@ PGPORT ?= 5433
 auth ?= false
 AUTH ?= $(auth)
 
-.PHONY: setup demo test bench server ui ui-shot clean
+.PHONY: setup demo test docs bench server ui ui-shot clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The param tables of docs/entry-points.md, made again from params.yaml's comments (a test checks they match).
+docs: setup
+	$(PY) -c 'from pipeline.config.reference import main; main()'
 
 # Speed against the notebook's loops, measured side by side: one table of ratios (docs/performance.md).
 bench: setup
