@@ -17,7 +17,7 @@ PGPORT ?= 5433
 auth ?= false
 AUTH ?= $(auth)
 
-.PHONY: setup demo test test-fast bench server ui ui-shot clean
+.PHONY: setup demo test test-fast docs bench server ui ui-shot clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ test: setup
 # two at a time. About a minute on 2 cores; `make test` runs everything, as CI does.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" -n 2
+
+# The param tables of docs/entry-points.md, made again from params.yaml's comments (a test checks they match).
+docs: setup
+	$(PY) -c 'from pipeline.config.reference import main; main()'
 
 # Speed against the notebook's loops, measured side by side: one table of ratios (docs/performance.md).
 bench: setup

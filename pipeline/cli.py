@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import textwrap
 from typing import Sequence
 
 from pipeline.config.compare import build_compare
@@ -22,7 +23,8 @@ RUNNERS = {"demo": ("pipeline.demo", ("data_dir",))}  # commands without a param
 LISTINGS = ("optimizers", "functions")
 
 USAGE = ("usage: python -m pipeline {" + ",".join([*ENTRIES, *RUNNERS, *LISTINGS]) + "} [--param value ...]\n"
-         "Defaults live in params.yaml; see README.md for every param.")
+         "Defaults live in params.yaml; `python -m pipeline <entry> --help` and docs/entry-points.md describe "
+         "every param.")
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, str]:
@@ -60,16 +62,17 @@ def listing(name: str) -> str:
 
 
 def entry_help(section: str) -> str:
-    """The entry point's params with their defaults and comments, straight from params.yaml."""
-    lines, inside = [], False
-    for line in PARAMS_FILE.read_text(encoding="utf-8").splitlines():
-        if line and not line[0].isspace() and not line.startswith("#"):
-            inside = line.rstrip() == f"{section}:"
-            continue
-        if inside and line.strip():
-            lines.append(line)
-    return f"usage: python -m pipeline {section} [--param value ...]   (or: mlflow run . -e {section} " \
-           f"-P param=value)\nparams (defaults from {PARAMS_FILE.name}):\n" + "\n".join(lines)
+    """The entry point's params with their defaults and descriptions, from params.yaml's comments."""
+    from pipeline.config.reference import read_params  # noqa: PLC0415 - only for --help
+
+    lines = [f"usage: python -m pipeline {section} [--param value ...]   (or: mlflow run . -e {section} "
+             "-P param=value)", f"params, with their defaults from {PARAMS_FILE.name} (docs/entry-points.md has "
+             "every entry point's):"]
+    for param in read_params(PARAMS_FILE.read_text(encoding="utf-8"))[section]:
+        head = f"  --{param.key:<22} {param.default:<15} "
+        lines.append(textwrap.fill(param.description, 118, initial_indent=head, subsequent_indent=" " * len(head),
+                                   break_long_words=False, break_on_hyphens=False))
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,6 +162,9 @@ def dispatch(command: str, rest: list[str]) -> int:
     """Run one command with its `--key value` params."""
     if command in RUNNERS:
         module, accepted = RUNNERS[command]
+        if {"-h", "--help"} & set(rest):
+            print(f"usage: python -m pipeline {command} " + " ".join(f"[--{name} value]" for name in accepted))
+            return EXIT_OK
         options = parse_overrides(rest)
         unknown = sorted(set(options) - set(accepted))
         if unknown:
