@@ -18,9 +18,9 @@ from pipeline.core.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EX
 
 # entry point -> module whose main(config) runs it; imported only after the params are validated
 ENTRIES = {"toy": "pipeline.toy", "cifar": "pipeline.cifar", "compare": "pipeline.compare",
-           "tune": "pipeline.tune", "predict": "pipeline.predict"}
+           "tune": "pipeline.tune", "train": "pipeline.train", "predict": "pipeline.predict"}
 RUNNERS = {"demo": ("pipeline.demo", ("data_dir",))}  # commands without a params.yaml section
-LISTINGS = ("optimizers", "functions")
+LISTINGS = ("optimizers", "functions", "workloads")
 
 USAGE = ("usage: python -m pipeline {" + ",".join([*ENTRIES, *RUNNERS, *LISTINGS]) + "} [--param value ...]\n"
          "Defaults live in params.yaml; `python -m pipeline <entry> --help` and docs/entry-points.md describe "
@@ -48,6 +48,10 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
 
 def listing(name: str) -> str:
     """The registry `name` as aligned text, one entry a line."""
+    if name == "workloads":
+        from pipeline.workloads.registry import listing as workloads  # noqa: PLC0415
+
+        return workloads()
     if name == "optimizers":
         from pipeline.optim.registry import OPTIMIZERS, SET_NAMES
 
@@ -184,6 +188,10 @@ def dispatch(command: str, rest: list[str]) -> int:
         from pipeline.config.tune import build_tune  # noqa: PLC0415
 
         config = build_tune(overrides)
+    elif command == "train":
+        from pipeline.config.train import TrainConfig  # noqa: PLC0415
+
+        config = build_config(command, overrides, cls=TrainConfig)
     else:
         config = build_compare(overrides) if command == "compare" else build_config(command, overrides)
     return start(ENTRIES[command], config)

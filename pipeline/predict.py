@@ -1,15 +1,24 @@
-"""The `predict` entry point: classify images with a logged model, print and log the predictions."""
+"""The `predict` entry point: classify images with a logged model, print and log the predictions; or continue a
+prompt with a logged language model."""
 from __future__ import annotations
 
 import io
+import json
+import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline import tracking
 from pipeline.config.tasks import PredictConfig, as_params
-from pipeline.core.errors import EXIT_OK
+from pipeline.core.errors import EXIT_OK, UsageError
 from pipeline.workloads.cifar.data import CIFAR_CLASSES
 from pipeline.workloads.cifar.images import ImageSet, read_images
+from pipeline.workloads.text.gpt import load_gpt
+
+RUN_MODEL = re.compile(r"^runs:/([0-9a-f]{32})/model/?$")
 
 
 def probabilities(predict, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -31,8 +40,35 @@ def predictions_csv(items: ImageSet, probs: np.ndarray) -> str:
     return buffer.getvalue()
 
 
+def continue_prompt(cfg: PredictConfig) -> int:
+    """A logged language model (train workload=shakespeare_gpt) continues the prompt: printed and logged."""
+    found = RUN_MODEL.match(cfg.model_uri)
+    if not found:
+        raise UsageError(f"model_uri: a language model is named runs:/<run id>/model, got {cfg.model_uri!r}")
+    with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
+        shape_file = tracking.download(found[1], "model/model.json", scratch)
+        weights = tracking.download(found[1], "model/weights.pt", scratch)
+        if shape_file is None or weights is None:
+            raise UsageError(f"model_uri: run {found[1]} has no language model (model/model.json, weights.pt)")
+        model, vocabulary = load_gpt(Path(weights), json.loads(Path(shape_file).read_text(encoding="utf-8")))
+    index = {char: position for position, char in enumerate(vocabulary)}
+    unknown = sorted(set(cfg.prompt) - set(index))
+    if unknown:
+        raise UsageError(f"prompt: characters {''.join(unknown)!r} are not in the model's vocabulary")
+    ids = model.generate([index[c] for c in cfg.prompt], cfg.length, cfg.temperature,
+                         torch.Generator().manual_seed(cfg.seed))
+    text = "".join(vocabulary[i] for i in ids)
+    print(text)
+    with tracking.open_run(cfg.experiment, "predict", {"task": "predict", "model_uri": cfg.model_uri}) as run:
+        run.log_params(as_params(cfg))
+        run.log_text(text, "continuation.txt")
+    return EXIT_OK
+
+
 def main(cfg: PredictConfig) -> int:
     """Read the images and the model (errors before any run starts), predict, print a line per image, log."""
+    if cfg.prompt:
+        return continue_prompt(cfg)
     items = read_images(cfg.input)
     predict = tracking.load_predictor(cfg.model_uri)
     probs = probabilities(predict, items.images, cfg.batch_size)

@@ -23,6 +23,7 @@ LAYERS = [
      "training.hooks", "workloads.toy.scores"},
     {"workloads.toy.descent", "training.loop", "training.checkpoint", "landscape.loss_grid"},
     {"optim.", "workloads.toy.functions", "workloads.toy.reference", "workloads.cifar.", "training.distributed",
+     "training.objective",
      "landscape.plane"},
     {"config.", "core."},
 ]

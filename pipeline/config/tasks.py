@@ -163,19 +163,25 @@ class PredictConfig:
     input: str  # an image file, a folder of images, or a CIFAR batch file
     batch_size: int
     experiment: str
+    prompt: str = ""  # a language model's prompt (shakespeare_gpt): its continuation is printed instead
+    length: int = 200  # characters the language model adds to the prompt
+    temperature: float = 0.8  # sampling temperature; 0: the most likely character each time
+    seed: int = 0  # the sampling's seed
 
     def __post_init__(self) -> None:
         require(bool(self.model_uri.strip()), "model_uri", self.model_uri,
                  "a model URI such as runs:/<run_id>/model or models:/optlab-cifar@champion")
-        require(bool(self.input.strip()), "input", self.input, "an image file, a folder or a CIFAR batch file")
+        require(bool(self.input.strip()) != bool(self.prompt), "input", self.input, "an image file, a folder or a "
+                "CIFAR batch file (or prompt=... for a language model, not both)")
+        require(1 <= self.length <= 100_000, "length", self.length, "an integer in [1, 100000]")
+        require(0 <= self.temperature <= 100, "temperature", self.temperature, "a number in [0, 100]")
+        require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _check_experiment(self.experiment)
 
 
 TASKS = ("toy", "cifar")
 CONFIGS: dict[str, type] = {"toy": ToyConfig, "cifar": CifarConfig, "predict": PredictConfig}  # sweeps: *_config.py
-
-
 
 
 def _check_experiment(name: str) -> None:

@@ -15,12 +15,18 @@ from typing import Any, Iterable
 import torch
 
 
+ROLE = "muon_role"  # a parameter a model marks "embedding" or "head" goes to AdamW wherever it is registered
+
+
 def split_params(params: Iterable[torch.nn.Parameter]) -> tuple[list, list]:
     """(hidden matrices, the rest), both in registration order. Matrices are parameters of 2 or more dimensions
-    (conv kernels, linear weights); the first (the input layer) and the last (the classifier) go with the rest."""
+    (conv kernels, linear weights). A model that marks its embeddings and output head (the `muon_role`
+    attribute: a transformer's token and position tables) has every unmarked matrix hidden; otherwise the first
+    matrix (the input layer) and the last (the classifier) go with the rest."""
     params = list(params)
     matrices = [index for index, p in enumerate(params) if p.ndim >= 2]
-    hidden = set(matrices[1:-1])
+    marked = {index for index in matrices if getattr(params[index], ROLE, None)}
+    hidden = set(matrices) - marked if marked else set(matrices[1:-1])
     return [p for i, p in enumerate(params) if i in hidden], [p for i, p in enumerate(params) if i not in hidden]
 
 

@@ -1,4 +1,5 @@
-"""Image classifiers by name: the CIFAR ResNet18, the notebook's torchvision ResNet18, and a tiny CNN for tests."""
+"""Image classifiers by name: the CIFAR ResNet18, the notebook's torchvision ResNet18, DeepOBS's 3c3d network,
+multinomial logistic regression on the pixels, and a tiny CNN for tests."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,6 +67,23 @@ def _tiny_cnn(num_classes: int, pretrained: bool) -> nn.Module:
     )
 
 
+def _logreg(num_classes: int, pretrained: bool) -> nn.Module:
+    """Multinomial logistic regression on the 3,072 normalised pixels: the convex problem (30,730 parameters)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+
+
+def _three_c_three_d(num_classes: int, pretrained: bool) -> nn.Module:
+    """DeepOBS's 3c3d (Schneider et al. 2019): conv 64 5x5 valid, conv 96 3x3 valid, conv 128 3x3 same, each
+    with ReLU and a 3x3 max-pool of stride 2, then dense 512, 256 and the classifier (about 895k parameters)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 5), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+        nn.Conv2d(64, 96, 3), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+        nn.Conv2d(96, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+        nn.Flatten(), nn.Linear(128 * 3 * 3, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+        nn.Linear(256, num_classes),
+    )
+
+
 def _cifar_resnet18(num_classes: int, pretrained: bool) -> nn.Module:
     """The CIFAR ResNet18, trained from scratch (about 11.17M parameters)."""
     return CifarResNet18(num_classes)
@@ -102,6 +120,8 @@ MODELS: dict[str, ModelSpec] = {
         _imagenet_resnet18, True, "the notebook's torchvision ResNet18 + Linear(1000, classes), 11.69M parameters"
     ),
     "tiny_cnn": ModelSpec(_tiny_cnn, False, "two conv layers, about 5k parameters: tests and smoke runs only"),
+    "3c3d": ModelSpec(_three_c_three_d, False, "DeepOBS's 3c3d: three conv and three dense layers, 895k parameters"),
+    "logreg": ModelSpec(_logreg, False, "multinomial logistic regression on the pixels (convex), 30,730 parameters"),
 }
 
 
