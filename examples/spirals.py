@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pipeline.training.objective import CLASSIFIER, Objective, Target
-from pipeline.workloads.registry import StepBatches, Workload, WorkloadData
+from pipeline.workloads.spec import StepBatches, Workload, WorkloadData
 
 
 def _points(generator: torch.Generator, count: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -187,6 +187,10 @@ def redraw_ids(cfg: CompareConfig) -> tuple[str, list[str]]:
 
 def main(cfg: CompareConfig) -> int:
     """The `compare` entry point: print the summary table, where the best model is, and a link to the sweep."""
+    if cfg.workloads:
+        from pipeline.sweeps.workloads import compare_workloads  # noqa: PLC0415
+
+        return compare_workloads(cfg)
     run_id, markdown, uri = sweep(cfg)
     print(markdown)
     print(f"compare run {run_id}" + (f"; best model: {uri}" if uri else ""))

@@ -18,15 +18,27 @@ from pipeline.core.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.optim.registry import SplitOptimizer, build_optimizer
 from pipeline.optim.schedulers import build_scheduler
 from pipeline.training.loop import FitState, Member, Precision, StopTraining, fit
-from pipeline.workloads.registry import Workload, WorkloadData
+from pipeline.workloads.cifar.data import BATCHES_DIR
+from pipeline.workloads.spec import Workload, WorkloadData
 
 MODEL_FILES = ("model/weights.pt", "model/model.json")  # a language model: weights (weights_only) and its shape
 
 
+def cifar_folder(data_dir: str) -> str:
+    """The folder holding cifar-10-batches-py/: data_dir, or one of its subfolders (a data folder of several
+    datasets, e.g. ../shared/data), else data_dir itself (where a download goes)."""
+    folder = Path(data_dir)
+    if (folder / BATCHES_DIR).is_dir() or not folder.is_dir():
+        return data_dir
+    inside = sorted(sub for sub in folder.iterdir() if (sub / BATCHES_DIR).is_dir())
+    return str(inside[0]) if inside else data_dir
+
+
 def cifar_config(cfg: TrainConfig, budget: dict):
     """The `cifar` entry point's config for a CIFAR-10 workload at this budget."""
-    settings = {key: getattr(cfg, key) for key in ("optimizer", "lr", "momentum", "weight_decay", "data_dir",
-                                                   "download", "seed", "device", "log_model", "experiment")}
+    settings = {key: getattr(cfg, key) for key in ("optimizer", "lr", "momentum", "weight_decay", "download",
+                                                   "seed", "device", "log_model", "experiment")}
+    settings["data_dir"] = cifar_folder(cfg.data_dir)
     settings.update({key: budget[key] for key in ("epochs", "batch_size", "train_limit", "val_limit") if key in budget})
     if "scheduler" in budget:
         settings["scheduler"] = budget["scheduler"]

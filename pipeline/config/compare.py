@@ -24,7 +24,9 @@ class CompareConfig:
     lockstep: bool  # cifar: train all children in one process on the very same batches
     seeds: int  # runs per optimizer, on seeds seed .. seed+seeds-1
     experiment: str
+    workloads: str = ""  # names or the set suite: a sweep of workloads x optimizers (train's budgets) instead of task
     children: tuple = ()  # each optimizer's validated task config, filled by build_compare
+    skipped: tuple = ()  # (workload, optimizer, why) pairs a workloads sweep leaves out
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"one of {', '.join(TASKS)}")
@@ -32,10 +34,16 @@ class CompareConfig:
         require(self.task == "cifar" or not self.lockstep, "lockstep", self.lockstep, "false for task=toy "
                  "(toy runs are batched already)")
         require(1 <= self.seeds <= 1000, "seeds", self.seeds, "an integer in [1, 1000]")
+        if self.workloads:
+            for name, value, wanted in (("lockstep", self.lockstep, False), ("seeds", self.seeds, 1),
+                                        ("from_runs", self.from_runs, "")):
+                require(value == wanted, name, value, f"{wanted!r} with workloads= (one run per workload and "
+                        "optimizer)")
 
     def optimizer_list(self) -> list[str]:
-        """The optimizers to compare, validated, without repeats, in the order given."""
-        return optimizer_list(self.optimizers, self.task)
+        """The optimizers to compare, validated, without repeats, in the order given (sets as for cifar in a
+        sweep of workloads)."""
+        return optimizer_list(self.optimizers, "cifar" if self.workloads else self.task)
 
 
 def optimizer_list(text: str, task: str) -> list[str]:
@@ -77,6 +85,8 @@ def build_compare(overrides: Mapping[str, str] | None = None, params_file: Path 
     config, passed = split_sweep("compare", CompareConfig, overrides, params_file)
     if "optimizer" in passed:
         raise UsageError("compare takes optimizers=a,b,c (a list), not optimizer")
+    if config.workloads:
+        return _workload_sweep(config, passed, params_file)
     if config.task == "cifar":  # the champion alias needs registered models
         passed.setdefault("register", passed.get("log_model", "true"))
     names = config.optimizer_list()
@@ -101,3 +111,22 @@ def _check_taken(passed: Mapping[str, str], names: list[str]) -> None:
             takers = [name for name in optimizer_names() if key in get_spec(name).tunable]
             raise UsageError(f"{key}: none of {', '.join(names)} takes it; it is for {', '.join(takers)} "
                              "(drop it, or add one of those to optimizers)")
+
+
+def _workload_sweep(config: CompareConfig, passed: dict[str, str], params_file: Path) -> CompareConfig:
+    """One `train` config per workload and optimizer; pairs that cannot run (Muon on a workload without weight
+    matrices) are left out, each with the reason."""
+    from pipeline.config.train import TrainConfig  # noqa: PLC0415
+    from pipeline.workloads.registry import get_workload, workload_list  # noqa: PLC0415
+
+    names, children, skipped = config.optimizer_list(), [], []
+    _check_taken(passed, names)
+    passed.pop("task", None)
+    for workload in workload_list(config.workloads):
+        for name in names:
+            if get_spec(name).why_not_toy and not get_workload(workload).has_matrices:
+                skipped.append((workload, name, get_spec(name).why_not_toy.split(";")[0]))
+                continue
+            children.append(build_config("train", {**_accepted(passed, name), "workload": workload, "optimizer": name,
+                                                   "experiment": config.experiment}, params_file, cls=TrainConfig))
+    return dataclasses.replace(config, children=tuple(children), skipped=tuple(skipped))

@@ -6,72 +6,15 @@ CIFAR-10 workloads are the `cifar` entry point's models (`cifar10_X` is `cifar m
 everything it does); the others train for a number of optimizer steps, evaluated every `eval_every`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
-
 import torch
 from torch import nn
 
 from pipeline.core.errors import UsageError
-from pipeline.training.objective import CLASSIFIER, NEXT_TOKEN, OWN_LOSS, Objective, Target
+from pipeline.training.objective import CLASSIFIER, NEXT_TOKEN, OWN_LOSS, Target
 from pipeline.workloads import quadratic
+from pipeline.workloads.spec import Budget, StepBatches, Workload, WorkloadData
 from pipeline.workloads.text import shakespeare
 from pipeline.workloads.text.gpt import GPT, GPTConfig
-
-
-class StepBatches:
-    """`per_epoch` batches an iteration, drawn by `draw(generator)` from one seeded generator that goes on from
-    one iteration to the next: an "epoch" of the loop is the stretch between two evaluations."""
-
-    def __init__(self, draw: Callable[[torch.Generator], tuple], per_epoch: int, seed: int) -> None:
-        self.draw, self.per_epoch = draw, per_epoch
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.per_epoch
-
-    def __iter__(self) -> Iterator[tuple]:
-        for _ in range(self.per_epoch):
-            yield self.draw(self.generator)
-
-
-@dataclass
-class WorkloadData:
-    """What `Workload.data` hands the loop: training batches, the fixed validation batches, and what the model
-    must be built with (a vocabulary size, ...)."""
-
-    train: StepBatches
-    val: list[tuple]
-    model_args: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # kept for the logged model (a corpus's vocabulary)
-
-
-Budget = Mapping[str, Any]  # steps, batch_size, eval_every, eval_batches, scheduler, size (the model's shape)
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One problem optimizers are compared on."""
-
-    name: str
-    summary: str
-    source: str  # the paper or project it comes from
-    objective: Objective
-    target: Target  # the score a sweep ranks by, with the value time_to_target and steps_to_target record
-    quick: Budget
-    full: Budget
-    cifar_model: str = ""  # a CIFAR-10 workload: the cifar entry point's model
-    build: Callable[[int, WorkloadData, Budget], nn.Module] | None = None  # (seed, data, budget) -> model
-    data: Callable[[str, bool, int, Budget], WorkloadData] | None = None  # (data_dir, download, seed, budget)
-    serves: str = ""  # what its logged model answers: images, text; empty: it logs no model
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "quick", MappingProxyType(dict(self.quick)))
-        object.__setattr__(self, "full", MappingProxyType(dict(self.full)))
-
-    def budget(self, name: str) -> Budget:
-        return self.full if name == "full" else self.quick
 
 
 def _quadratic_data(data_dir: str, download: bool, seed: int, budget: Budget) -> WorkloadData:
@@ -118,7 +61,7 @@ WORKLOADS: dict[str, Workload] = {
                  "DeepOBS (Schneider et al. 2019)", OWN_LOSS, Target("val_loss", "min", QUADRATIC_TARGET),
                  {"steps": 1000, "batch_size": 128, "eval_every": 100, "eval_batches": 4, "scheduler": "none"},
                  {"steps": 10000, "batch_size": 128, "eval_every": 500, "eval_batches": 8, "scheduler": "none"},
-                 build=_quadratic, data=_quadratic_data),
+                 build=_quadratic, data=_quadratic_data, has_matrices=False),
         _cifar("logreg", "multinomial logistic regression on CIFAR-10 pixels (convex)", "DeepOBS; classical SGD theory",
                {**_CIFAR_QUICK, "epochs": 3}, {"epochs": 40, "batch_size": 128}),
         _cifar("3c3d", "three conv + three dense layers on CIFAR-10", "DeepOBS cifar10_3c3d (Schneider et al. 2019)",

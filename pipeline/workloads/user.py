@@ -10,14 +10,13 @@ import re
 import sys
 
 from pipeline.core.errors import UsageError, one_line
+from pipeline.workloads.spec import Workload
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def load_user_workload(text: str):
     """The Workload `package.module:function` returns, or one UsageError line saying what went wrong."""
-    from pipeline.workloads.registry import Workload  # noqa: PLC0415 - the registry imports this module lazily
-
     if not _NAME.match(text):
         raise UsageError(f"workload: {text!r} is neither a registered name nor package.module:function")
     module_name, _, function_name = text.partition(":")
@@ -37,7 +36,7 @@ def load_user_workload(text: str):
         raise UsageError(f"workload: {text}() raised {one_line(error)}") from None
     if not isinstance(workload, Workload):
         raise UsageError(f"workload: {text}() returned {type(workload).__name__}, not a Workload "
-                         "(pipeline.workloads.registry.Workload; see docs/workloads.md)")
+                         "(pipeline.workloads.spec.Workload; see docs/workloads.md)")
     if workload.cifar_model or workload.build is None or workload.data is None:
         raise UsageError(f"workload: {text}() must give build and data (a step-trained workload)")
     return workload
