@@ -4,6 +4,7 @@ spectrum, Muon splits the transformer as its authors do; `train` runs the step w
 and refuses a bad name in one line; `predict` continues a prompt with a logged language model."""
 import copy
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +195,23 @@ def test_a_logged_language_model_continues_a_prompt(tracking):
     assert first.stdout.startswith("ROMEO:") and len(first.stdout.strip()) >= 46 and first.stdout == again.stdout
     bad = cli("predict", "--model_uri", uri, "--prompt", "ROMEO: \u00e9", "--experiment", experiment)
     assert bad.returncode == 2 and "not in the model's vocabulary" in bad.stderr
+
+
+def test_compare_runs_every_optimizer_on_every_workload_under_one_parent(tracking, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    experiment = new_experiment()
+    done = cli("compare", "--workloads", "quadratic_deep,examples.spirals:workload", "--optimizers", "sgd,muon",
+               "--steps", "20", "--eval_every", "10", "--lr", "0.01", "--experiment", experiment)
+    assert done.returncode == 0, done.stderr
+    assert "muon is left out on quadratic_deep" in done.stdout
+    runs = runs_of(tracking, experiment)
+    parent = next(run for run in runs if run.info.run_name == "compare-workloads")
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted((run.data.tags["workload"], run.data.tags["optimizer"]) for run in children) == \
+        [("quadratic_deep", "sgd"), ("spirals", "muon"), ("spirals", "sgd")]
+    assert all(run.info.status == "FINISHED" for run in children)
+    summary = Path(tracking.download_artifacts(parent.info.run_id, "summary.md", str(tmp_path))).read_text()
+    for run in children:
+        assert run.data.metrics["steps"] == 20
+        score = run.data.metrics["best_val_loss" if run.data.tags["workload"] == "quadratic_deep" else "best_val_acc"]
+        assert f"{score:.4f}" in done.stdout and f"{score:.4f}" in summary
