@@ -39,6 +39,7 @@ def cifar_config(cfg: TrainConfig, budget: dict):
     settings = {key: getattr(cfg, key) for key in ("optimizer", "lr", "momentum", "weight_decay", "download",
                                                    "seed", "device", "log_model", "experiment")}
     settings["data_dir"] = cifar_folder(cfg.data_dir)
+    settings["target_acc"] = cfg.spec.target.value
     settings.update({key: budget[key] for key in ("epochs", "batch_size", "train_limit", "val_limit") if key in budget})
     if "scheduler" in budget:
         settings["scheduler"] = budget["scheduler"]

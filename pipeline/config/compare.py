@@ -124,8 +124,8 @@ def _workload_sweep(config: CompareConfig, passed: dict[str, str], params_file: 
     passed.pop("task", None)
     for workload in workload_list(config.workloads):
         for name in names:
-            if get_spec(name).why_not_toy and not get_workload(workload).has_matrices:
-                skipped.append((workload, name, f"it updates weight matrices and {workload} has none"))
+            if get_spec(name).why_not_toy and not get_workload(workload).hidden_matrices:
+                skipped.append((workload, name, f"it updates hidden weight matrices and {workload} has none"))
                 continue
             children.append(build_config("train", {**_accepted(passed, name), "workload": workload, "optimizer": name,
                                                    "experiment": config.experiment}, params_file, cls=TrainConfig))

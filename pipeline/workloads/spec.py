@@ -58,7 +58,8 @@ class Workload:
     build: Callable[[int, WorkloadData, Budget], nn.Module] | None = None  # (seed, data, budget) -> model
     data: Callable[[str, bool, int, Budget], WorkloadData] | None = None  # (data_dir, download, seed, budget)
     serves: str = ""  # what its logged model answers: images, text; empty: it logs no model
-    has_matrices: bool = True  # weight matrices (Muon's part); the quadratic's one vector has none
+    hidden_matrices: bool = True  # weight matrices between input and output (Muon's part): the quadratic's
+    # one vector and logistic regression's one layer have none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quick", MappingProxyType(dict(self.quick)))
