@@ -26,8 +26,7 @@ class Sizes:
 
 
 FULL = Sizes("resnet18", 512, 3, 2, 30, (), ())
-QUICK = Sizes("tiny_cnn", 64, 1, 1, 3, ("--train_limit", "256", "--val_limit", "128", "--log_model", "false",
-                                        "--system_metrics", "false"),
+QUICK = Sizes("tiny_cnn", 64, 1, 1, 3, ("--train_limit", "256", "--val_limit", "128"),
               ("--landscape", "true", "--landscape_grid", "5", "--landscape_images", "64"))
 NO_DATA = "no CIFAR-10 subset in shared/data/cifar10-subset (in the checkout, or beside it)"
 
