@@ -80,18 +80,20 @@ gpu-wheels:
 
 # One prepared check of the GPU paths, each step timed and bounded, whole run within 8 minutes on an H200;
 # writes $(OUT)/gpu-check.md and exits non-zero if a step failed. DEVICE=cpu QUICK=1: a dry run here with tiny
-# sizes (CUDA-only steps say skipped). INSTALL=auto|yes|no (the wheels), STEPS=all or e.g. 3,4. Needs no .venv:
-# with none, python3 runs it (the GPU machine's). On the GPU machine, OUT is the tool's own $OUT.
+# sizes (CUDA-only steps say skipped). INSTALL=auto|yes|no (the wheels), STEPS=all or e.g. 3,4, KEEP_GOING=1
+# (run the steps after a failed one too). Needs no .venv: with none, python3 runs it (the GPU machine's). On the
+# GPU machine, OUT is the tool's own $OUT.
 DEVICE ?= cuda
 QUICK ?= 0
 OUT ?= gpu-report
 INSTALL ?= auto
 STEPS ?= all
+KEEP_GOING ?= 0
 CHECK_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 gpu-check:
 	$(CHECK_PY) scripts/gpu_check.py --device $(DEVICE) $(if $(filter 1,$(QUICK)),--quick) --out "$(OUT)" \
-		--install $(INSTALL) --wheels $(GPU_WHEELS) --steps $(STEPS)
+		--install $(INSTALL) --wheels $(GPU_WHEELS) --steps $(STEPS) $(if $(filter 1,$(KEEP_GOING)),--keep-going)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

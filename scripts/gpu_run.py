@@ -14,6 +14,7 @@ from typing import Callable, TextIO
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = Path("data") / "cifar10-subset"
+TEXT = Path("data") / "tinyshakespeare"  # shakespeare_gpt's input.txt
 # On a lent GPU machine the checkout's own shared/ travels; beside a developer's checkout it is ../shared.
 SHARED_FOLDERS = (REPO.parent / "shared", REPO / "shared")
 # What steps need from the wheels (modules); checked when no wheels are installed
@@ -123,12 +124,17 @@ def _stop(process: subprocess.Popen) -> str:
     return ""
 
 
-def find_data_dir() -> Path | None:
-    """The CIFAR-10 subset in the checkout's shared/ or beside it, whichever holds cifar-10-batches-py."""
+def find_shared(relative: Path, marker: str) -> Path | None:
+    """shared/<relative> beside the checkout or in it, whichever holds `marker`."""
     for shared in SHARED_FOLDERS:
-        if (shared / SUBSET / "cifar-10-batches-py").is_dir():
-            return shared / SUBSET
+        if (shared / relative / marker).exists():
+            return shared / relative
     return None
+
+
+def find_data_dir() -> Path | None:
+    """The CIFAR-10 subset (the folder holding cifar-10-batches-py)."""
+    return find_shared(SUBSET, "cifar-10-batches-py")
 
 
 def missing_modules(python: str, env: dict[str, str]) -> list[str]:

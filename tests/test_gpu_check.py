@@ -57,3 +57,19 @@ def test_a_step_list_with_an_unknown_step_is_refused_before_anything_runs(tmp_pa
                           text=True, capture_output=True, timeout=60)
     assert done.returncode == 2 and "'2,9': 'all' or a comma list from 0-6" in done.stderr
     assert not (tmp_path / "gpu-check.md").exists()
+
+
+def test_the_train_step_takes_the_suite_from_the_workload_listing():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from gpu_steps import suite
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    listing = ("quadratic_deep     100-d noisy quadratic [DeepOBS]\n"
+               "                   score val_loss (min); quick steps 1000; full steps 10000\n"
+               "cifar10_tiny_cnn   two conv layers [optlab's tests]\n"
+               "shakespeare_gpt    character-level transformer [nanoGPT]\n"
+               "sets (compare, tune: workloads=...): suite = quadratic_deep, shakespeare_gpt\n"
+               "your own: workload=package.module:function (docs/workloads.md)\n")
+    assert suite(listing) == ["quadratic_deep", "shakespeare_gpt"]
+    assert suite(listing.replace("suite =", "all =")) == ["quadratic_deep", "cifar10_tiny_cnn", "shakespeare_gpt"]
