@@ -34,7 +34,9 @@ def header(ctx: Context, argv: list[str], outcomes: list[tuple[Step, Outcome]], 
            limit_s: float) -> list[str]:
     """Title, command, the verdict and the machine."""
     failed = [str(step.number) for step, outcome in outcomes if outcome.status == "failed"]
-    verdict = f"FAILED (step {', '.join(failed)})" if failed else "passed"
+    skipped = [str(step.number) for step, outcome in outcomes if outcome.status == "skipped"]
+    verdict = (f"FAILED (step {', '.join(failed)})" if failed else "passed") + \
+        (f", step {', '.join(skipped)} skipped" if skipped else "")
     mode = f"DEVICE={ctx.device} QUICK={int(ctx.quick)}"
     return ["# GPU check", "",
             f"- result: **{verdict}**, {total_s:.0f} s of the {limit_s:.0f} s the check allows itself ({mode})",

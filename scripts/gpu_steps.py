@@ -41,7 +41,7 @@ def environment(ctx: Context, limit_s: float) -> Outcome:
     installed = _install(ctx, limit_s)
     if installed.status == "failed":
         return installed
-    probe = run(ctx, [sys.executable, "scripts/gpu_probe.py", "pyproject.toml"], max(ctx.left(), 1))
+    probe = run(ctx, [sys.executable, "scripts/gpu_probe.py", "pyproject.toml"], max(limit_s - installed.seconds, 10))
     found = [line for line in probe.output.splitlines() if line.startswith("{")]
     if probe.code != 0 or not found:
         return Outcome("failed", f"scripts/gpu_probe.py exited {probe.code}", installed.seconds + probe.seconds,

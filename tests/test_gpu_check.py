@@ -42,7 +42,7 @@ def test_the_dry_run_reports_every_step_and_skips_the_cuda_only_ones(tmp_path):
     assert rows[0][0] == "passed" and "no wheels in" in rows[0][1] and "this Python's own packages" in rows[0][1]
     assert rows[2][0] == rows[3][0] == rows[4][0] == "passed"
     assert rows[5][0] == "passed" or rows[5][1].startswith("no train entry point in this checkout")
-    assert "**passed**" in report and "torch " in report and "CUDA " in report
+    assert "- result: **passed, step 1, " in report and "torch " in report and "CUDA " in report
     cifar = report.split("## 3.")[1].split("## 4.")[0]
     assert re.search(r"- epoch time: [\d.]+ s", cifar) and re.search(r"- images/s: [\d,]+", cifar)
     assert re.search(r"- landscape: 25 grid points .* [\d.]+ s", cifar)
