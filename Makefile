@@ -17,7 +17,7 @@ PGPORT ?= 5433
 auth ?= false
 AUTH ?= $(auth)
 
-.PHONY: setup demo test test-fast docs bench server ui ui-shot clean
+.PHONY: setup demo test test-fast docs bench server ui ui-shot gpu-wheels gpu-check clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,43 @@ ui: setup
 # the compare printed (needs chromium: apt-get install chromium).
 ui-shot: setup
 	$(PY) tests/browser.py docs/img/compare-ui.png
+
+# The wheels a lent GPU machine lacks (its image has torch, no MLflow, no internet), for its Python, into
+# GPU_WHEELS: carried there with the check (docs/gpu-check.md). Never torch, torchvision, triton or nvidia-*.
+GPU_PYTHON ?= 3.12
+GPU_WHEELS ?= .gpu-wheels
+GPU_WHEELS_MAX_MIB := 60
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
+	manylinux1_x86_64
+
+gpu-wheels:
+	mkdir -p $(GPU_WHEELS)
+	rm -f $(GPU_WHEELS)/*.whl  # one version of each: two stop the install there
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --only-binary :all: --implementation cp \
+		--python-version $(GPU_PYTHON) $(addprefix --platform ,$(GPU_PLATFORMS)) -d $(GPU_WHEELS) \
+		-r scripts/gpu-wheels.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	echo $(GPU_PYTHON) > $(GPU_WHEELS)/python-version
+	@bytes=$$(cat $(GPU_WHEELS)/*.whl | wc -c); \
+	echo "$$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels for Python $(GPU_PYTHON) in $(GPU_WHEELS)/:" \
+		"$$(awk "BEGIN { printf \"%.1f\", $$bytes / 1048576 }") MiB (at most $(GPU_WHEELS_MAX_MIB) MiB)"; \
+	test $$bytes -le $$(( $(GPU_WHEELS_MAX_MIB) * 1048576 )) || { echo "error: over $(GPU_WHEELS_MAX_MIB) MiB"; exit 1; }
+
+# One prepared check of the GPU paths, each step timed and bounded, whole run within 8 minutes on an H200;
+# writes $(OUT)/gpu-check.md and exits non-zero if a step failed. DEVICE=cpu QUICK=1: a dry run here with tiny
+# sizes (CUDA-only steps say skipped). INSTALL=auto|yes|no (the wheels), STEPS=all or e.g. 3,4, KEEP_GOING=1
+# (run the steps after a failed one too). Needs no .venv: with none, python3 runs it (the GPU machine's). On the
+# GPU machine, OUT is the tool's own $OUT.
+DEVICE ?= cuda
+QUICK ?= 0
+OUT ?= gpu-report
+INSTALL ?= auto
+STEPS ?= all
+KEEP_GOING ?= 0
+CHECK_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+
+gpu-check:
+	$(CHECK_PY) scripts/gpu_check.py --device $(DEVICE) $(if $(filter 1,$(QUICK)),--quick) --out "$(OUT)" \
+		--install $(INSTALL) --wheels $(GPU_WHEELS) --steps $(STEPS) $(if $(filter 1,$(KEEP_GOING)),--keep-going)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

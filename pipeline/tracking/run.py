@@ -106,7 +106,9 @@ class Run:
         file), optionally registered under `registered_name`; returns its model URI."""
         import mlflow.pytorch  # noqa: PLC0415 - torch-specific MLflow code, loaded only when a model is logged
 
-        requirements = [f"{package}=={version(package)}" for package in ("torch", "torchvision", "mlflow", "numpy")]
+        # mlflow's own version: mlflow-skinny (as on a lent GPU machine) has no `mlflow` distribution
+        requirements = [f"{package}=={version(package)}" for package in ("torch", "torchvision")] + \
+            [f"mlflow=={mlflow.__version__}", f"numpy=={version('numpy')}"]
         # Created here, in the run's experiment: outside an active run MLflow would file it under the fluent
         # API's experiment (Default), where runs:/<run_id>/model does not find it.
         logged = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=self.run_id)
