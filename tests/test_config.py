@@ -10,10 +10,11 @@ import yaml
 from pipeline.config.compare import CompareConfig, build_compare
 from pipeline.config.tasks import CONFIGS, PARAMS_FILE, build_config, parse_point
 from pipeline.config.tune import TuneConfig
+from pipeline.config.train import TrainConfig
 from pipeline.core.errors import UsageError
 from pipeline.optim.registry import NOTEBOOK_OPTIMIZERS, optimizer_names
 
-SECTIONS = {**CONFIGS, "compare": CompareConfig, "tune": TuneConfig}  # the sweeps' configs live in *_config.py
+SECTIONS = {**CONFIGS, "compare": CompareConfig, "tune": TuneConfig, "train": TrainConfig}  # configs outside CONFIGS
 
 
 def test_params_yaml_has_a_complete_section_per_entry_point():

@@ -65,7 +65,7 @@ def test_tiny_cnn_is_tiny() -> None:
 
 
 def test_unknown_model_lists_the_valid_names() -> None:
-    with pytest.raises(UsageError, match="model: expected one of resnet18, resnet18_imagenet, tiny_cnn, got 'vgg'"):
+    with pytest.raises(UsageError, match="model: expected one of resnet18, resnet18_imagenet, tiny_cnn, 3c3d, logreg, got 'vgg'"):
         build_config("cifar", {"model": "vgg"})
 
 

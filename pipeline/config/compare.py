@@ -24,7 +24,7 @@ class CompareConfig:
     lockstep: bool  # cifar: train all children in one process on the very same batches
     seeds: int  # runs per optimizer, on seeds seed .. seed+seeds-1
     experiment: str
-    workloads: str = ""  # names or the set suite: a sweep of workloads x optimizers (train's budgets) instead of task
+    workloads: str  # names or the set suite: a sweep of workloads x optimizers (train's budgets) instead of task
     children: tuple = ()  # each optimizer's validated task config, filled by build_compare
     skipped: tuple = ()  # (workload, optimizer, why) pairs a workloads sweep leaves out
 

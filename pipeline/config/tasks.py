@@ -163,10 +163,10 @@ class PredictConfig:
     input: str  # an image file, a folder of images, or a CIFAR batch file
     batch_size: int
     experiment: str
-    prompt: str = ""  # a language model's prompt (shakespeare_gpt): its continuation is printed instead
-    length: int = 200  # characters the language model adds to the prompt
-    temperature: float = 0.8  # sampling temperature; 0: the most likely character each time
-    seed: int = 0  # the sampling's seed
+    prompt: str  # a language model's prompt (shakespeare_gpt): its continuation is printed instead
+    length: int  # characters the language model adds to the prompt
+    temperature: float  # sampling temperature; 0: the most likely character each time
+    seed: int  # the sampling's seed
 
     def __post_init__(self) -> None:
         require(bool(self.model_uri.strip()), "model_uri", self.model_uri,
