@@ -66,6 +66,8 @@ def compare_workloads(cfg: CompareConfig) -> int:
                 run_id, code = "", 1
             rows.append(_row(child, run_id, code))
         markdown = table(rows)
+        tracking.add_to_sweep([parent.run_id] + [row["run_id"] for row in rows if row["run_id"]], parent.run_id)
+        tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "workload"))
         parent.log_text(markdown, "summary.md")
         parent.log_dict({"rows": rows}, "summary.json")
     print(markdown)
