@@ -16,6 +16,7 @@ LAYERS = [
     {"demo"},
     {"compare", "tune"},
     {"sweeps.tune.report"},
+    {"sweeps.tune.ruling"},
     {"sweeps.tune.worker", "sweeps.workloads"},
     {"train"},
     {"toy", "cifar", "predict", "training.nproc"},

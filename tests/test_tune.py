@@ -136,12 +136,13 @@ def test_the_parent_logs_the_table_and_every_plot(toy_tune):
     (parent,) = [r for r in runs if r.data.tags.get("task") == "tune"]
     assert artifact_files(client, parent.info.run_id) == {
         "tuned.csv", "tuned.md", "plots/lr_sensitivity.png", "plots/seeds_score.png",
-        "plots/performance_profile.png", "plots/basins.png"}
+        "plots/performance_profile.png", "plots/basins.png", "verdict.md", "verdict.json",
+        *(f"plots/budget_{f}.png" for f in FUNCTIONS)}
     assert parent.data.params["trials"] == str(K) and parent.data.params["sampler"] == "qmc"
     # What the UI shows: a name that says what and when, the table as description, figures in the row.
     assert re.fullmatch(rf"tune-toy-{len(OPTIMIZERS)}opt-{K}x{S}-\d{{4}}-\d{{4}}-\d{{2}}", parent.info.run_name)
-    note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith("rosenbrock: at its default lr") and "| optimizer | workload |" in note
+    note = parent.data.tags["mlflow.note.content"]  # the verdict is the run's description
+    assert note.startswith("# Verdict") and all(f"## {f}" in note for f in FUNCTIONS)
     table = _table(client, parent.info.run_id)
     best = min(float(row["score_mean"]) for row in table if row["workload"] == "ackley")
     assert parent.data.metrics["best_score_mean/ackley"] == pytest.approx(best, rel=1e-3)
@@ -199,7 +200,8 @@ def test_a_cifar_tune_with_hyperband_counts_pruned_trials_and_logs_the_same_repo
     runs = runs_of(tracking, experiment)
     (parent,) = [r for r in runs if r.data.tags.get("task") == "tune"]
     assert {"tuned.csv", "tuned.md", "plots/lr_sensitivity.png", "plots/seeds_val_acc.png",
-            "plots/seeds_train_loss.png"} == artifact_files(tracking, parent.info.run_id)
+            "plots/seeds_train_loss.png", "verdict.md", "verdict.json", "plots/budget_tiny_cnn.png"} == \
+        artifact_files(tracking, parent.info.run_id)
     key = parent.data.tags["tune_key"]
     for label, study in _studies(store_uri, key, "trials").items():
         states = [t.state for t in study.trials]
@@ -279,3 +281,48 @@ def test_any_tune_input_is_a_config_or_one_usage_error_line(overrides):
         assert str(error) and "\n" not in str(error)
         return
     assert config.children and all(plan.base.optimizer == plan.optimizer for plan in config.children)
+
+
+def _holm(pvalues):
+    """Holm's step-down adjustment, written out here independently of the code under test."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def test_the_verdict_equals_a_recomputation_from_the_stored_seed_runs(toy_tune, tmp_path):
+    """verdict.json's means, 95% CIs and Holm-adjusted Welch p-values, recomputed with scipy from the final
+    `score` of every seed run in the store (not from the report)."""
+    from scipy import stats
+
+    _, done, client, runs = toy_tune
+    (parent,) = [r for r in runs if r.data.tags.get("task") == "tune"]
+    stored = json.loads(Path(client.download_artifacts(parent.info.run_id, "verdict.json", str(tmp_path))).read_text())
+    for function in FUNCTIONS:
+        scores = {}
+        for child in _by_role(runs, "optimizer"):
+            if child.data.tags["workload"] != function:
+                continue
+            seeds = [r for r in _by_role(runs, "seed") if r.data.tags["mlflow.parentRunId"] == child.info.run_id]
+            scores[child.data.tags["optimizer"]] = [client.get_metric_history(r.info.run_id, "score")[-1].value
+                                                    for r in seeds]
+        verdict = stored["workloads"][function]
+        assert verdict["direction"] == "min" and verdict["score_metric"] == "score"
+        rows = {row["optimizer"]: row for row in verdict["rows"]}
+        best = min(scores, key=lambda name: np.mean(scores[name]))
+        assert verdict["rows"][0]["optimizer"] == best
+        others = [name for name in scores if name != best]
+        pvalues = [stats.ttest_ind(scores[name], scores[best], equal_var=False).pvalue for name in others]
+        for name, p in zip(others, _holm(pvalues)):
+            assert rows[name]["p_adjusted"] == pytest.approx(p, rel=1e-6)
+        for name, values in scores.items():
+            low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+            assert rows[name]["mean"] == pytest.approx(np.mean(values), rel=1e-9)
+            assert (rows[name]["ci_low"], rows[name]["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+            assert sorted(s["score"] for s in rows[name]["seeds"]) == pytest.approx(sorted(values))
+        significant = all(p < 0.05 for p in _holm(pvalues))
+        assert verdict["winner"] == (best if significant else None)
+        assert f"{function}: {best} wins" in done.stdout if significant else "not told apart" in done.stdout

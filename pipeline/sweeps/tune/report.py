@@ -9,9 +9,9 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.config.tune import StudyPlan, TuneConfig
-from pipeline.sweeps.summary import as_csv, as_markdown, note
+from pipeline.sweeps.summary import as_csv, as_markdown
 from pipeline.sweeps.tune import results as tune_results
-from pipeline.sweeps.tune import search
+from pipeline.sweeps.tune import ruling, search
 from pipeline.sweeps.tune.results import StudyResult, TrialRecord
 from pipeline.sweeps.tune.worker import RunIds, Worker
 from pipeline.viz import tune as tune_figures
@@ -126,7 +126,8 @@ def report(cfg: TuneConfig, parent: tracking.Run, ids: RunIds, results: list[Stu
                           "plots/performance_profile.png")
     if cfg.task == "toy":
         parent.log_figure(tune_figures.basins_figure(*_basins(cfg, results)), "plots/basins.png")
-    lines = tune_results.winner_lines(results)
-    parent.set_tags({"winners": "; ".join(lines)[:5000], "mlflow.note.content": note(markdown, lines)})
+    verdict_md, lines = ruling.rule(cfg, parent, ids, results)
+    lines = [*tune_results.winner_lines(results), *lines]
+    parent.set_tags({"winners": "; ".join(lines)[:5000], "mlflow.note.content": verdict_md[:50_000]})
     parent.log_metrics(tune_results.headline(results), 0)
     return markdown, lines

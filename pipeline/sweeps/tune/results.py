@@ -113,11 +113,11 @@ def winners(results: Sequence[StudyResult]) -> dict[str, tuple[str, str, list[st
 
 
 def winner_lines(results: Sequence[StudyResult]) -> list[str]:
-    """One sentence per workload: who wins at default settings, who wins tuned, and who ties with it."""
+    """One sentence per workload: who scores best at default settings, and whose seed mean is best tuned."""
     lines = []
     for workload, (default, best, close) in winners(results).items():
-        tie = f" ({', '.join(close)} within one seed sd of it)" if close else ""
-        lines.append(f"{workload}: at its default lr {default} wins; with every optimizer tuned, {best} wins{tie}")
+        lines.append(f"{workload}: at its default lr {default} scores best; with every optimizer tuned, {best} has "
+                     "the best seed mean (whether that is a win: the verdict line)")
     return lines
 
 

@@ -10,7 +10,6 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 from scipy import stats
 
 POWER = 0.8  # seeds_needed: the chance of telling the closest pair apart, were the observed gap real

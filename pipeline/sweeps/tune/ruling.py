@@ -1,0 +1,85 @@
+"""What a finished tune concludes, from its stored results (sweeps/tune/verdict.py does the statistics): per
+workload the seed rows ranked with Welch's tests and Holm's correction, the winner or the tie, the budget curves
+from the K trials; over the workloads AlgoPerf's benchmark score from each seed run's time_to_target. Logged on the
+parent (verdict.md, also its description; verdict.json; plots/budget_<workload>.png; plots/profile_time.png) and
+`profile_score` on each child."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline import tracking
+from pipeline.config.tune import TuneConfig
+from pipeline.sweeps.tune import verdict
+from pipeline.sweeps.tune.results import StudyResult
+from pipeline.sweeps.tune.worker import RunIds
+from pipeline.viz import verdict as verdict_figures
+
+
+def _direction(cfg: TuneConfig) -> tuple[str, str]:
+    return ("val_acc", "max") if cfg.task == "cifar" else ("score", "min")
+
+
+def judge(cfg: TuneConfig, results: list[StudyResult]) -> tuple[dict, dict, dict]:
+    """(workload -> Verdict, workload -> optimizer -> trial 0's score, workload -> optimizer -> budget curve)."""
+    metric, direction = _direction(cfg)
+    per_workload, defaults, curves = {}, {}, {}
+    for workload in dict.fromkeys(r.workload for r in results):
+        mine = [r for r in results if r.workload == workload]
+        rows = [verdict.seed_row(r.optimizer, [s.value for s in r.seeds], [s.run_id for s in r.seeds]) for r in mine]
+        per_workload[workload] = verdict.judge(rows, metric, direction)
+        defaults[workload] = {r.optimizer: r.default.value if r.default else None for r in mine}
+        curves[workload] = {r.optimizer: verdict.budget_curve([t.value for t in r.trials if t.state == "complete"],
+                                                              direction) for r in mine}
+    return per_workload, defaults, curves
+
+
+def times(results: list[StudyResult]) -> dict[str, dict[str, float]]:
+    """optimizer -> workload -> median time_to_target over the seed runs (a miss is infinite, as in AlgoPerf)."""
+    found: dict[str, dict[str, float]] = {}
+    for r in results:
+        reached = list(r.time_to_target) + [math.inf] * max(len(r.seeds) - len(r.time_to_target), 0)
+        found.setdefault(r.optimizer, {})[r.workload] = verdict.median_time(reached)
+    return found
+
+
+def _profile(cfg: TuneConfig, parent: tracking.Run, results: list[StudyResult], ids: RunIds) -> dict[str, float]:
+    """profile_score on each optimizer's runs and plots/profile_time.png, when two or more workloads have times."""
+    if cfg.task != "cifar" or len({r.workload for r in results}) < 2:
+        return {}
+    measured = times(results)
+    profile = verdict.profile_score(measured)
+    taus = np.linspace(1.0, verdict_figures.TAU_MAX, 200)
+    parent.log_figure(verdict_figures.profile_time_figure(taus, verdict.profile_curve(measured, taus)),
+                      "plots/profile_time.png")
+    for r in results:
+        with tracking.open_run(cfg.experiment, r.label, run_id=ids.children[r.label]) as child:
+            child.log_metrics({"profile_score": profile[r.optimizer]}, 0)
+    return profile
+
+
+def rule(cfg: TuneConfig, parent: tracking.Run, ids: RunIds, results: list[StudyResult]) -> tuple[str, list[str]]:
+    """Log the verdict on the parent and its children; returns verdict.md and its decision lines."""
+    per_workload, defaults, curves = judge(cfg, results)
+    metric, _ = _direction(cfg)
+    for workload, by_optimizer in curves.items():
+        parent.log_figure(verdict_figures.budget_figure(by_optimizer, metric, workload), f"plots/budget_{workload}.png")
+    profile = _profile(cfg, parent, results, ids)
+    device = getattr(cfg.children[0].base, "device", "cpu")
+    quick = cfg.task == "toy" or getattr(cfg.children[0].base, "train_limit", 0) > 0
+    markdown = verdict.verdict_markdown(per_workload, profile, defaults, curves, cfg.trials, cfg.seeds, quick,
+                                        "cpu" if device == "auto" and not _cuda() else device)
+    parent.log_text(markdown, "verdict.md")
+    parent.log_dict(verdict.verdict_json(per_workload, profile), "verdict.json")
+    lines = [f"{workload}: {v.decision.text}" for workload, v in per_workload.items()]
+    if profile:
+        lines.append("benchmark score over workloads: " + ", ".join(
+            f"{name} {score:.2f}" for name, score in sorted(profile.items(), key=lambda item: -item[1])))
+    return markdown, lines
+
+
+def _cuda() -> bool:
+    import torch  # noqa: PLC0415 - only to say which device the verdict's runs had
+
+    return torch.cuda.is_available()
