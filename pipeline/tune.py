@@ -248,8 +248,9 @@ def main(cfg: TuneConfig) -> int:
     print("\n".join(lines))
     print(f"tune run {run_id}")
     local = "" if tracking.tracking_uri().startswith("http") else " (after `make ui`)"
-    link = tracking.sweep_link(run_id)
-    print(f"this tune in the MLflow UI: {link}{local}")
+    print(f"this tune in the MLflow UI (one row per optimizer and workload: seed mean, CI, profile_score): "
+          f"{tracking.sweep_link(run_id)}{local}")
+    print(f"its trials (lr against score, per optimizer): {tracking.sweep_link(run_id, f'{run_id}-trials')}")
     return EXIT_OK
 
 
@@ -274,5 +275,7 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
             raise
         results = collect(cfg, Worker(cfg, ids, storage))
         markdown, lines = report(cfg, parent, ids, results)
-        tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "optimizer"))
+        tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "study"), role="optimizer")
+        tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "optimizer"), role="trial",
+                                  key=f"{parent.run_id}-trials")
     return parent.run_id, markdown, lines

@@ -123,12 +123,16 @@ def test_the_reported_best_is_the_best_trial_and_seed_statistics_match_the_seed_
         assert float(default.data.params["lr"]) == float(row["default_lr"])
         assert child.data.metrics["default_score"] == pytest.approx(default.data.metrics["score"], rel=1e-9)
     assert "rosenbrock: at its default lr" in done.stdout and "with every optimizer tuned" in done.stdout
-    link = next(line for line in done.stdout.splitlines() if line.startswith("this tune in the MLflow UI: "))
-    key = urllib.parse.parse_qs(link.split("?", 1)[1])["viewStateShareKey"][0]
     parent = next(r for r in runs if r.data.tags.get("task") == "tune")
-    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[f"mlflow.sharedViewState.{key}"])
-    assert len(client.search_runs([parent.info.experiment_id], filter_string=view["searchFilter"])) == len(runs)
-    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "optimizer"}]
+    tags = client.get_experiment(parent.info.experiment_id).tags
+    for start, role, group in (("this tune in the MLflow UI", "optimizer", "study"), ("its trials", "trial",
+                                                                                      "optimizer")):
+        link = next(line for line in done.stdout.splitlines() if line.startswith(start))
+        key = urllib.parse.parse_qs(link.split("?", 1)[1])["viewStateShareKey"][0]
+        view = json.loads(tags[f"mlflow.sharedViewState.{key}"])
+        shown = client.search_runs([parent.info.experiment_id], filter_string=view["searchFilter"])
+        assert sorted(r.info.run_id for r in shown) == sorted(r.info.run_id for r in _by_role(runs, role))
+        assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": group}]
 
 
 def test_the_parent_logs_the_table_and_every_plot(toy_tune):

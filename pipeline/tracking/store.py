@@ -141,20 +141,24 @@ def add_to_sweep(run_ids: Sequence[str], sweep_id: str) -> None:
             client.set_tag(run_id, SWEEPS_TAG, ",".join(filter(None, [have, sweep_id]))[-5000:])
 
 
-def share_sweep_view(experiment_id: str, sweep_id: str, group: tuple[str, str]) -> None:
+def share_sweep_view(experiment_id: str, sweep_id: str, group: tuple[str, str], role: str = "",
+                     key: str = "") -> None:
     """Store a UI view of the sweep in the experiment (the UI's own shared views: experiment tag
-    `mlflow.sharedViewState.<key>`): its runs, grouped by `group` = (param or tag, name) so that every child shows
-    (the runs table keeps children folded under their parent, and a view cannot unfold them), one chart line each."""
-    state = {"searchFilter": f"tags.{SWEEPS_TAG} LIKE '%{sweep_id}%'", "orderByKey": "attributes.start_time",
+    `mlflow.sharedViewState.<key>`, key `sweep_id` unless given): its runs (those tagged `role`, if given), grouped
+    by `group` = (param or tag, name) so that every child shows (the runs table keeps children folded under their
+    parent, and a view cannot unfold them), one chart line or bar each."""
+    search = f"tags.{SWEEPS_TAG} LIKE '%{sweep_id}%'" + (f" AND tags.role = '{role}'" if role else "")
+    state = {"searchFilter": search, "orderByKey": "attributes.start_time",
              "orderByAsc": False, "useGroupedValuesInCharts": False, "hideEmptyCharts": True,
              "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": group[0], "groupByData": group[1]}]}}
-    set_experiment_tag(connect(), experiment_id, f"{SHARED_VIEW_TAG}{sweep_id}", json.dumps(state))
+    set_experiment_tag(connect(), experiment_id, f"{SHARED_VIEW_TAG}{key or sweep_id}", json.dumps(state))
 
 
-def sweep_link(sweep_id: str) -> str:
-    """A UI link that opens the sweep's shared view (share_sweep_view) in the model-training mode, as charts."""
+def sweep_link(sweep_id: str, key: str = "") -> str:
+    """A UI link that opens the sweep's shared view (share_sweep_view; `key` as given there) in the
+    model-training mode, as charts."""
     experiment_id = connect().get_run(sweep_id).info.experiment_id
     uri = tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    return (f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={sweep_id}&compareRunsMode=CHART"
+    return (f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={key or sweep_id}&compareRunsMode=CHART"
             "&workflowType=machine_learning")

@@ -59,9 +59,20 @@ def _profile(cfg: TuneConfig, parent: tracking.Run, results: list[StudyResult], 
     return profile
 
 
+def _log_rows(cfg: TuneConfig, ids: RunIds, per_workload: dict) -> None:
+    """Each child's seed mean and 95% CI, as the verdict view charts them (a bar each)."""
+    for workload, found in per_workload.items():
+        for row in found.rows:
+            numbers = {"seed_mean": row.mean, "ci_low": row.ci_low, "ci_high": row.ci_high}
+            with tracking.open_run(cfg.experiment, f"{row.optimizer}-{workload}",
+                                   run_id=ids.children[f"{row.optimizer}-{workload}"]) as child:
+                child.log_metrics({k: v for k, v in numbers.items() if math.isfinite(v)}, 0)
+
+
 def rule(cfg: TuneConfig, parent: tracking.Run, ids: RunIds, results: list[StudyResult]) -> tuple[str, list[str]]:
     """Log the verdict on the parent and its children; returns verdict.md and its decision lines."""
     per_workload, defaults, curves = judge(cfg, results)
+    _log_rows(cfg, ids, per_workload)
     metric, _ = _direction(cfg)
     for workload, by_optimizer in curves.items():
         parent.log_figure(verdict_figures.budget_figure(by_optimizer, metric, workload), f"plots/budget_{workload}.png")
