@@ -129,7 +129,7 @@ def named_set(name: str, task: str) -> list[str] | None:
     sets["default"] = sets["notebook"] if task == "cifar" else sets["all"]
     if name not in sets:
         return None
-    return [n for n in sets[name] if task != "toy" or not OPTIMIZERS[n].toy]
+    return [n for n in sets[name] if task != "toy" or not OPTIMIZERS[n].why_not_toy]
 
 
 SET_NAMES = ("default", "notebook", "modern", "all")
