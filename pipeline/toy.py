@@ -71,8 +71,10 @@ def main(cfg: ToyConfig) -> int:
     return run_toy(cfg)[1]
 
 
-def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks = RunHooks()) -> tuple[str, int]:
-    """Descend, log everything, print one summary line; returns (run id, exit code)."""
+def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks = RunHooks(),
+            quiet: bool = False) -> tuple[str, int]:
+    """Descend, log everything, print one summary line (`quiet`: only if it diverged); returns (run id, exit
+    code)."""
     fn = get_function(cfg.function)
     params = resolved_params(cfg, fn)
     torch.manual_seed(cfg.seed)
@@ -92,7 +94,8 @@ def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks 
             print(line, file=sys.stderr)
             run.fail(line.removeprefix("error: "))
             return run.run_id, EXIT_DIVERGED
-        print(line)
+        if not quiet:
+            print(line)
     return run.run_id, EXIT_OK
 
 

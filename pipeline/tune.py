@@ -3,8 +3,6 @@ setting is rerun over seeds, and one MLflow parent run holds the comparison. The
 (same storage, same tracking server) joins the study; run again, it continues it."""
 from __future__ import annotations
 
-import _thread
-import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -12,20 +10,24 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 
 from pipeline import tracking
 from pipeline.config.tasks import as_params
 from pipeline.config.tune import TuneConfig
+from pipeline.core import progress
 from pipeline.core.env import environment
-from pipeline.core.errors import EXIT_INTERRUPTED, EXIT_OK, Terminated, UsageError
+from pipeline.core.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
+from pipeline.core.progress import Counter
+from pipeline.core.signals import stopped_by_signals
 from pipeline.sweeps.summary import parent_name
 from pipeline.sweeps.tune import claim, search
 from pipeline.sweeps.tune.report import collect, report
 from pipeline.sweeps.tune.worker import RunIds, Worker, cifar_inputs, on_stale
 
+READY_TIMEOUT_S = 120  # how long the first worker waits for the others to start (each imports torch first)
 JOIN_TIMEOUT_S = 300  # how long a command waits for another, alive, that is creating the MLflow runs
 STOP_TIMEOUT_S = 30  # how long an interrupted command waits for its workers to end their runs
 ATTEMPT_TAG = "tune_attempt"  # on the parent and per-optimizer runs: which try at creating them made them
@@ -108,53 +110,19 @@ def _undo(runs: dict) -> None:
                           "created them again")
 
 
-def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, take_sigint: bool) -> None:
-    """A local worker process: the same loop as the main one; SIGTERM (and SIGINT, unless the command ignores
-    it: a background job) end its trial's run KILLED."""
+def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, take_sigint: bool, ready: Any, shared: Any) -> None:
+    """A local worker process: the same loop as the main one, counting its trials into `shared`, once it has
+    said it is `ready`; SIGTERM (and SIGINT, unless the command ignores it: a background job) end its trial's
+    run KILLED."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     numbers = (signal.SIGINT, signal.SIGTERM) if take_sigint else (signal.SIGTERM,)
     try:
         with stopped_by_signals(numbers, restore=False):  # a second signal, while the run ends, is ignored
-            Worker(cfg, ids, search.open_storage(url, cfg.heartbeat_s, on_stale)).work()
+            worker = Worker(cfg, ids, search.open_storage(url, cfg.heartbeat_s, on_stale), progress=Counter(shared))
+            ready.set()
+            worker.work()
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
-
-
-@contextlib.contextmanager
-def stopped_by_signals(numbers: tuple[int, ...] | None = None, restore: bool = True) -> Iterator[None]:
-    """SIGINT (Ctrl-C) and SIGTERM (`timeout`, a scheduler) stop the block as Ctrl-C does (KeyboardInterrupt;
-    Terminated for SIGTERM), once: a terminal signals every process of its group, and the command then stops its
-    workers itself, so later signals are ignored while runs end KILLED. One that lands in a finalizer (which
-    swallows exceptions) is raised again at once. By default a signal this process ignores (SIGINT in a background
-    job) stays ignored."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    numbers = numbers or tuple(n for n in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(n) != signal.SIG_IGN)
-    saved, hook, state = {n: signal.getsignal(n) for n in numbers}, sys.unraisablehook, {"raised": 0, "again": 0}
-
-    def stop(number: int, _frame: object) -> None:
-        if state["raised"] and not state["again"]:
-            return
-        state.update(raised=number, again=0)
-        raise Terminated("SIGTERM") if number == signal.SIGTERM else KeyboardInterrupt
-
-    def swallowed(unraisable: Any) -> None:
-        if not (state["raised"] and isinstance(unraisable.exc_value, KeyboardInterrupt)):
-            return hook(unraisable)
-        state["again"] = 1  # from another thread, a moment later: here, it would be raised in this hook
-        threading.Timer(0.05, _thread.interrupt_main, (state["raised"],)).start()
-
-    for number in saved:
-        signal.signal(number, stop)
-    sys.unraisablehook = swallowed
-    try:
-        yield
-    finally:
-        if restore:
-            sys.unraisablehook = hook
-            for number, handler in saved.items():
-                signal.signal(number, handler)
 
 
 def gpu_plan(workers: int, visible: list[str]) -> list[str | None]:
@@ -183,15 +151,22 @@ def worker_count(cfg: TuneConfig) -> int:
     return len(gpus) if len(gpus) > 1 else 1
 
 
-def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: tuple | None = None) -> None:
-    """Take trials here and in workers-1 more processes until every study is done. With several GPUs every
-    worker is a process of its own, each seeing one GPU (CUDA_VISIBLE_DEVICES), and this one only waits."""
+def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: tuple | None = None,
+                progress: Counter | None = None) -> None:
+    """Take trials here and in workers-1 more processes until every study is done, all counting into
+    `progress`. With several GPUs every worker is a process of its own, each seeing one GPU
+    (CUDA_VISIBLE_DEVICES), and this one only waits. Otherwise this one starts once the others are ready, so
+    that workers started together split each study's trials between them."""
+    progress = progress or Counter()
     devices = gpu_plan(cfg.workers, _visible_gpus() if cfg.workers > 1 and cfg.task == "cifar" else [])
     here = devices[0] is None  # no GPU split: this process is worker 0
-    extra = _start_workers(cfg, ids, url, list(enumerate(devices[1:] if here else devices, start=1 if here else 0)))
+    extra = _start_workers(cfg, ids, url, list(enumerate(devices[1:] if here else devices, start=1 if here else 0)),
+                           progress.shared)
     try:
         if here:
-            Worker(cfg, ids, storage, cifar).work()
+            worker = Worker(cfg, ids, storage, cifar, progress)
+            _wait_ready(extra)
+            worker.work()
         for process in extra:  # they finish their last trials (with a GPU each, they do all the work)
             process.join()
     except BaseException:  # Ctrl-C, SIGTERM (or a crash) here: the workers stop too (their runs end KILLED)
@@ -205,23 +180,36 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: 
     failed = [p.name for p in extra if p.exitcode not in (0, None)]
     if failed:
         print(f"warning: worker processes {', '.join(failed)} ended with errors", file=sys.stderr)
-    if not here:
-        Worker(cfg, ids, storage, cifar).work()  # whatever the workers left (one died): done here, on the default GPU
+    if not here:  # whatever the workers left (one died): done here, on the default GPU
+        Worker(cfg, ids, storage, cifar, progress).work()
 
 
-def _start_workers(cfg: TuneConfig, ids: RunIds, url: str, devices: list[tuple[int, str | None]]) -> list:
-    """A spawned worker process per (index, device). They start with SIGINT ignored (an ignored signal stays so
-    through spawn's exec): a Ctrl-C to the terminal's process group while one still imports torch would print a
-    traceback. At work they take SIGTERM (and SIGINT, unless this command ignores it) as Ctrl-C; this command
-    stops them with SIGTERM."""
+def _wait_ready(processes: list) -> None:
+    """Wait until every worker process is ready to take trials (it imports torch first: seconds), has died, or
+    READY_TIMEOUT_S have passed."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for process in processes:
+        while not process.ready.wait(0.1) and process.is_alive() and time.monotonic() < deadline:
+            pass
+
+
+def _start_workers(cfg: TuneConfig, ids: RunIds, url: str, devices: list[tuple[int, str | None]],
+                   shared: Any) -> list:
+    """A spawned worker process per (index, device), each with an event `ready` it sets once it can take trials
+    and counting them into `shared`. They start with SIGINT ignored (an ignored signal stays so through spawn's
+    exec): a Ctrl-C to the terminal's process group while one still imports torch would print a traceback. At
+    work they take SIGTERM (and SIGINT, unless this command ignores it) as Ctrl-C; this command stops them with
+    SIGTERM."""
     context, started = multiprocessing.get_context("spawn"), []
     main = threading.current_thread() is threading.main_thread()
     saved = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else signal.SIG_IGN
     try:
         for index, device in devices:
             with environment({} if device is None else {"CUDA_VISIBLE_DEVICES": device}):
-                started.append(context.Process(target=_worker_process, args=(cfg, ids, url, saved != signal.SIG_IGN),
-                                               name=f"optlab-worker-{index}"))
+                ready = context.Event()
+                started.append(context.Process(target=_worker_process, name=f"optlab-worker-{index}",
+                                               args=(cfg, ids, url, saved != signal.SIG_IGN, ready, shared)))
+                started[-1].ready = ready
                 started[-1].start()
     finally:
         if main:
@@ -266,9 +254,13 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     print(f"tune {cfg.task}: {len(cfg.children)} studies (optimizer x workload), {cfg.trials} trials and "
           f"{cfg.seeds} seeds each, {cfg.workers} worker(s) here; storage {search.redacted(url)}; tune run "
           f"{ids.parent}", flush=True)
+    total = len(cfg.children) * (cfg.trials + 1 + cfg.seeds)
+    counter = Counter(multiprocessing.get_context("spawn").Value("i", 0))
     with tracking.open_run(cfg.experiment, f"tune-{cfg.task}", run_id=ids.parent) as parent:
         try:
-            run_workers(cfg, ids, url, storage, cifar)
+            with progress.bar(f"tune {cfg.task}", total, counter, "trial",
+                              initial=Worker(cfg, ids, storage).counted()):
+                run_workers(cfg, ids, url, storage, cifar, counter)
         except KeyboardInterrupt:  # the parent ends KILLED with its block; the per-optimizer runs too
             for run_id in ids.children.values():
                 tracking.end_run(run_id, "KILLED")

@@ -28,7 +28,7 @@ SET_BY_TUNE = {"lr": "tune searches lr between lr_min and lr_max; set those inst
                "resume": "tune resumes by itself: run the same command again",
                "start": "toy trials score a batch of random starts (starts=N); seed runs plot one random start each"}
 # What does not change which study a command joins: the budget can grow, and workers come and go.
-NOT_IN_KEY = ("trials", "seeds", "workers", "storage", "heartbeat_s", "children")
+NOT_IN_KEY = ("trials", "seeds", "workers", "storage", "heartbeat_s", "verbose", "children")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class TuneConfig:
     storage: str  # Optuna storage URL; empty: optuna.db beside the tracking store
     heartbeat_s: int  # seconds between a worker's heartbeats; silent for 3x this, its trial is failed and retried
     experiment: str
+    verbose: bool = False  # a line per trial besides the progress bar
     children: tuple = ()  # StudyPlan per (optimizer, workload), filled by build_tune
 
     def __post_init__(self) -> None:

@@ -40,7 +40,11 @@ class OptimizerSpec:
     tunable: frozenset[str] = frozenset({"lr", "weight_decay"})
     source: str = ""  # the implementation, as the listing shows it; empty: `path`
     why_not_toy: str = ""  # why it cannot descend a 2-D point; empty: it can
-    elementwise: bool = True  # updates each coordinate on its own: toy then descends many starts as one tensor
+    # How toy descends many starts at once with the same maths as one tensor per start: `elementwise` (each
+    # coordinate of a vector updated on its own) as one vector; else `rows`, a twin that updates each row of one
+    # (N, 2) tensor as the class updates a vector (optim/rowwise.py); else one tensor per start.
+    elementwise: bool = True
+    rows: str = ""
     schedule_free: bool = False  # optimizer.train() / .eval(): evaluate (and keep) its averaged weights
 
     def __post_init__(self) -> None:
@@ -52,6 +56,11 @@ class OptimizerSpec:
     def cls(self) -> type[torch.optim.Optimizer]:
         """The optimizer class."""
         return resolve(self.path) if isinstance(self.path, str) else self.path
+
+    @property
+    def rows_cls(self) -> type[torch.optim.Optimizer] | None:
+        """The row-wise twin (see `rows`), if it has one."""
+        return resolve(self.rows) if self.rows else None
 
     @property
     def default_lr(self) -> float | None:
@@ -93,7 +102,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                       {"decoupled_weight_decay": True, "weight_decay": 0.01},
                       source="torch.optim.NAdam(decoupled_weight_decay=True)"),
         OptimizerSpec("adafactor", "torch.optim.Adafactor", "factored second moments, update scaled to the weights",
-                      "Shazeer & Stern 2018", elementwise=False),
+                      "Shazeer & Stern 2018", elementwise=False, rows="pipeline.optim.rowwise.RowwiseAdafactor"),
         OptimizerSpec("muon", MuonAdamW, "orthogonalised momentum on hidden matrices, AdamW on the "
                       "rest", "Jordan et al. 2024; Liu et al. 2025", {"adjust_lr_fn": "match_rms_adamw"},
                       _WITH_MOMENTUM, "torch.optim.Muon + torch.optim.AdamW",
@@ -104,9 +113,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec("sfadamw", "schedulefree.AdamWScheduleFree", "Schedule-Free AdamW: iterate averaging, no "
                       "schedule", "Defazio et al. 2024", schedule_free=True),
         OptimizerSpec("soap", "pytorch_optimizer.SOAP", "Adam in the eigenbasis of Shampoo's preconditioner",
-                      "Vyas et al. 2024", elementwise=False),
+                      "Vyas et al. 2024"),  # element-wise on a vector: it preconditions only matrices (precondition_1d)
         OptimizerSpec("shampoo", "pytorch_optimizer.Shampoo", "Kronecker-factored preconditioner per tensor dimension",
-                      "Gupta, Koren & Singer 2018", tunable=_WITH_MOMENTUM, elementwise=False),
+                      "Gupta, Koren & Singer 2018", tunable=_WITH_MOMENTUM, elementwise=False,
+                      rows="pipeline.optim.rowwise.RowwiseShampoo"),
     )
 }
 
@@ -207,10 +217,12 @@ def fast_kwargs(spec: OptimizerSpec) -> dict[str, bool]:
 
 
 def build_optimizer(settings: OptimizerSettings, params: Iterable[torch.nn.Parameter] | Iterable[dict],
-                    fast: bool = False) -> torch.optim.Optimizer:
+                    fast: bool = False, rows: bool = False) -> torch.optim.Optimizer:
     """Build the optimizer over `params` (in the model's registration order: Muon splits them by place) from
-    validated settings. fast=True (for CUDA) asks for fused or foreach kernels: the same maths, fewer launches."""
-    return settings.spec.cls(params, **settings.kwargs, **(fast_kwargs(settings.spec) if fast else {}))
+    validated settings. fast=True (for CUDA) asks for fused or foreach kernels: the same maths, fewer launches.
+    rows=True builds the spec's row-wise twin instead (`OptimizerSpec.rows`)."""
+    cls = settings.spec.rows_cls if rows else settings.spec.cls
+    return cls(params, **settings.kwargs, **(fast_kwargs(settings.spec) if fast else {}))
 
 
 def keeps_two_sequences(optimizer: torch.optim.Optimizer | type) -> bool:

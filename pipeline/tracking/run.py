@@ -56,14 +56,22 @@ class Run:
         if fresh:
             self.client.log_batch(self.run_id, params=fresh)
 
-    def log_steps(self, steps: Sequence[Step]) -> int:
-        """Several steps' metrics in as few calls as MLflow allows; raises on failure (the Outbox retries it).
-        Returns the calls made."""
+    def log_steps(self, steps: Sequence[Step], params: Mapping[str, Any] | None = None,
+                  tags: Mapping[str, Any] | None = None) -> int:
+        """Several steps' metrics in as few calls as MLflow allows (1000 values a call), with `params` and `tags`
+        (a fresh run's: nothing checks for params logged before) in the first; raises on failure (the Outbox
+        retries it). Returns the calls made."""
         metrics = [Metric(key, float(value), stamp, int(step)) for step, stamp, values in steps
                    for key, value in values.items()]
-        for begin in range(0, len(metrics), _BATCH):
+        first = {"params": [Param(k, str(v)) for k, v in (params or {}).items()],
+                 "tags": [RunTag(k, str(v)) for k, v in (tags or {}).items()]}
+        if not (metrics or first["params"] or first["tags"]):
+            return 0
+        room = _BATCH - len(first["params"]) - len(first["tags"])
+        self.client.log_batch(self.run_id, metrics=metrics[:room], **first)
+        for begin in range(room, len(metrics), _BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[begin: begin + _BATCH])
-        return -(-len(metrics) // _BATCH)
+        return 1 + max(0, -(-(len(metrics) - room) // _BATCH))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """One step's metrics, now, in one call."""

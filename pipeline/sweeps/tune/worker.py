@@ -2,6 +2,7 @@
 of the best setting) until every study is done, each trial an MLflow run nested under its optimizer's run."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -16,7 +17,8 @@ from pipeline import tracking
 from pipeline.config.tasks import logged_params
 from pipeline.config.tune import StudyPlan, TuneConfig
 from pipeline.core.errors import EXIT_DIVERGED
-from pipeline.sweeps.tune import search
+from pipeline.core.progress import Counter
+from pipeline.sweeps.tune import batch, search
 from pipeline.training.hooks import RunHooks
 from pipeline.training.loop import StopTraining
 from pipeline.workloads.toy import scores
@@ -46,8 +48,10 @@ def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 class Worker:
     """One process's share of a tune: studies loaded once, runs nested under the tune's runs."""
 
-    def __init__(self, cfg: TuneConfig, ids: RunIds, storage: Any, cifar: tuple | None = None) -> None:
+    def __init__(self, cfg: TuneConfig, ids: RunIds, storage: Any, cifar: tuple | None = None,
+                 progress: Counter | None = None) -> None:
         self.cfg, self.ids, self.storage = cfg, ids, storage
+        self.progress = progress or Counter()  # finished trials, for the command's bar
         self.studies: dict[tuple[str, str], optuna.Study] = {}
         self.parents: dict[str, tracking.Run] = {}
         self.cifar = cifar  # (arrays, device): given, or loaded on the first cifar trial
@@ -73,6 +77,15 @@ class Worker:
                 pruner=search.make_pruner(self.cfg.pruner if phase == "trials" else "none", epochs))
         return self.studies[key]
 
+    def counted(self) -> int:
+        """Trials every study has counted so far (a tune run again continues from there)."""
+        total = 0
+        for plan in self.cfg.children:
+            for phase in PHASES:
+                found = search.counts(self.study(plan, phase))
+                total += min(self.budget(phase), found["complete"] + found["pruned"])
+        return total
+
     def work(self) -> None:
         """Take trials until every study is done; wait (failing dead workers' trials) while others hold the rest."""
         while True:
@@ -87,76 +100,122 @@ class Worker:
                         break
                     search.fail_stale(study, search.GRACE_BEATS * self.cfg.heartbeat_s)
                     if search.has_room(study, budget):
-                        search.run_one(study, budget, self.objective(plan, phase))
+                        self.progress.study(f"{plan.label} {phase}")
+                        self.run(plan, phase, study, budget)
                         ran = True
             if not pending:
                 return
             if not ran:
                 time.sleep(POLL_S)
 
-    def objective(self, plan: StudyPlan, phase: str) -> Callable[[optuna.trial.Trial], float]:
+    def run(self, plan: StudyPlan, phase: str, study: optuna.Study, budget: int) -> None:
+        """A cifar trial, one at a time; toy trials in batches, as many as this worker's share of the study (one
+        at a time for a sampler that learns from every score: tpe)."""
+        if self.cfg.task != "toy":
+            search.run_one(study, budget, self.objective(plan, phase))
+            return
+        batched = phase != "trials" or self.cfg.sampler in batch.BATCHED
+        size = batch.share(study, budget, self.cfg.workers) if batched else 1
+        batch.run_batch(study, budget, size, lambda trial: self.setting(plan, phase, trial),
+                        lambda trials, cfgs: self.toy_batch(plan, phase, trials, cfgs))
+
+    def setting(self, plan: StudyPlan, phase: str, trial: optuna.trial.Trial) -> Any:
         """What one trial of this phase runs: a tuning point, the defaults, or the best point on a fresh seed."""
+        if phase == "trials":
+            return dataclasses.replace(plan.base, **search.suggest(trial, plan.dims, self.bounds))
+        if phase == "default":
+            return plan.base
+        best = search.best_trial(self.study(plan, "trials")).params
+        index = search.seed_index(self.study(plan, "seeds"), trial)
+        return dataclasses.replace(plan.base, **best, seed=plan.base.seed + 1 + index)
+
+    def tags(self, plan: StudyPlan, phase: str, trial: optuna.trial.Trial) -> dict[str, str]:
+        return {"role": ROLES[phase], "study": self.cfg.study_name(plan, phase), "trial": str(trial.number),
+                "optimizer": plan.optimizer, "workload": plan.workload,
+                "worker": f"{socket.gethostname()}:{os.getpid()}", tracking.SWEEPS_TAG: self.ids.parent}
+
+    def finished(self, plan: StudyPlan, phase: str, numbers: list[int], cfgs: list, values: list[float]) -> None:
+        """Count the trials on the progress bar; with verbose=true, one line each."""
+        self.progress.advance(len(numbers))
+        if self.cfg.verbose:
+            for number, cfg, value in zip(numbers, cfgs, values):
+                print(f"{plan.label} {ROLES[phase]} {number}: {_point(cfg, plan)} -> score {value:.6g}", flush=True)
+
+    def objective(self, plan: StudyPlan, phase: str) -> Callable[[optuna.trial.Trial], float]:
+        """One cifar trial of this phase, as an Optuna objective."""
         def objective(trial: optuna.trial.Trial) -> float:
-            if phase == "trials":
-                cfg = dataclasses.replace(plan.base, **search.suggest(trial, plan.dims, self.bounds))
-            elif phase == "default":
-                cfg = plan.base
-            else:
-                best = search.best_trial(self.study(plan, "trials")).params
-                index = search.seed_index(self.study(plan, "seeds"), trial)
-                cfg = dataclasses.replace(plan.base, **best, seed=plan.base.seed + 1 + index)
-            tags = {"role": ROLES[phase], "study": self.cfg.study_name(plan, phase), "trial": str(trial.number),
-                    "optimizer": plan.optimizer, "workload": plan.workload,
-                    "worker": f"{socket.gethostname()}:{os.getpid()}", tracking.SWEEPS_TAG: self.ids.parent}
+            cfg = self.setting(plan, phase, trial)
+            hooks = RunHooks(tags=self.tags(plan, phase, trial), name=run_name(plan, phase, cfg, trial.number),
+                             on_open=lambda run: trial.set_user_attr("run_id", run.run_id))
             try:
-                score = self.score(plan, phase, cfg, trial, tags)
+                score = self.cifar_score(plan, phase, cfg, trial, hooks)
             except (optuna.TrialPruned, KeyboardInterrupt):
                 raise
             except Exception as error:  # noqa: BLE001 - reported here, recorded FAILED by Optuna, the tune goes on
                 print(f"error: {plan.label} {ROLES[phase]} {trial.number} failed ({type(error).__name__}: {error})",
                       file=sys.stderr)
                 raise
-            print(f"{plan.label} {ROLES[phase]} {trial.number}: {_point(cfg, plan)} -> score {score:.6g}", flush=True)
+            self.finished(plan, phase, [trial.number], [cfg], [score])
             return score
 
         return objective
+
+    def toy_batch(self, plan: StudyPlan, phase: str, trials: list, cfgs: list) -> list[float]:
+        """A batch of toy trials: each the mean capped gap over `starts` random starts, descended together, and
+        an MLflow run (RUNNING while they descend) holding its params, score curve and tags; a seed rerun is an
+        ordinary toy run besides, with its figures."""
+        try:
+            curves = self._toy_runs(plan, phase, trials, cfgs)
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # noqa: BLE001 - reported here; run_batch fails the trials, the tune goes on
+            numbers = ", ".join(str(t.number) for t in trials)
+            print(f"error: {plan.label} {ROLES[phase]} {numbers} failed ({type(error).__name__}: {error})",
+                  file=sys.stderr)
+            raise
+        values = [float(curve[-1]) for curve in curves]
+        self.finished(plan, phase, [t.number for t in trials], cfgs, values)
+        return values
+
+    def _toy_runs(self, plan: StudyPlan, phase: str, trials: list, cfgs: list) -> list:
+        first = cfgs[0]
+        curve_of = lambda: scores.score_curves(get_function(first.function),  # noqa: E731
+                                               [c.optimizer_settings for c in cfgs], self.cfg.starts,
+                                               [c.seed for c in cfgs], first.steps, first.tolerance)
+        if phase == "seeds":
+            curves = curve_of()
+            for trial, cfg, curve in zip(trials, cfgs, curves):
+                self._seed_run(plan, trial, cfg, curve)
+            return curves
+        with contextlib.ExitStack() as stack:
+            runs = []
+            for trial, cfg in zip(trials, cfgs):
+                runs.append(stack.enter_context(tracking.open_run(
+                    cfg.experiment, run_name(plan, phase, cfg, trial.number),
+                    {"task": "toy", **self.tags(plan, phase, trial)}, parent=self.parent(plan))))
+                trial.set_user_attr("run_id", runs[-1].run_id)
+            curves = curve_of()
+            for run, cfg, curve in zip(runs, cfgs, curves):
+                run.log_steps(_score_steps(curve), params={**logged_params(cfg), "starts": self.cfg.starts})
+        return curves
+
+    def _seed_run(self, plan: StudyPlan, trial: optuna.trial.Trial, cfg: Any, curve: Any) -> None:
+        """A seed rerun: an ordinary toy run of one random start (its figures, trajectory and outcome), with
+        the score curve of its `starts` besides."""
+        from pipeline.toy import run_toy  # noqa: PLC0415 - toy's plotting loads only where a seed run needs it
+
+        def opened(run: Any) -> None:
+            trial.set_user_attr("run_id", run.run_id)
+            run.log_steps(_score_steps(curve), params={"starts": self.cfg.starts})
+
+        tags = {**self.tags(plan, "seeds", trial), "seed": str(cfg.seed)}
+        hooks = RunHooks(tags=tags, name=run_name(plan, "seeds", cfg, trial.number), on_open=opened)
+        run_toy(dataclasses.replace(cfg, start="random"), self.parent(plan), hooks, quiet=not self.cfg.verbose)
 
     def parent(self, plan: StudyPlan) -> tracking.Run:
         if plan.label not in self.parents:
             self.parents[plan.label] = tracking.existing_run(self.ids.children[plan.label])
         return self.parents[plan.label]
-
-    def score(self, plan: StudyPlan, phase: str, cfg: Any, trial: optuna.trial.Trial, tags: dict) -> float:
-        hooks = RunHooks(tags=tags, name=run_name(plan, phase, cfg, trial.number),
-                         on_open=lambda run: trial.set_user_attr("run_id", run.run_id))
-        if self.cfg.task == "toy":
-            return self.toy_score(plan, phase, cfg, hooks)
-        return self.cifar_score(plan, phase, cfg, trial, hooks)
-
-    def toy_score(self, plan: StudyPlan, phase: str, cfg: Any, hooks: RunHooks) -> float:
-        """The mean capped gap over `starts` random starts, computed and logged (per step) inside the run; a
-        seed rerun is an ordinary toy run besides."""
-        curve = []
-
-        def score(run: Any) -> None:
-            hooks.opened(run)
-            curve.extend(scores.score_curve(get_function(cfg.function), cfg.optimizer_settings, self.cfg.starts,
-                                            cfg.seed, cfg.steps, cfg.tolerance))
-            now = int(time.time() * 1000)
-            run.log_params({"starts": self.cfg.starts})
-            run.log_steps([(step, now, {"score": float(value)}) for step, value in enumerate(curve)])
-
-        if phase == "seeds":
-            from pipeline.toy import run_toy  # noqa: PLC0415 - toy's plotting loads only where a seed run needs it
-
-            run_toy(dataclasses.replace(cfg, start="random"), self.parent(plan),
-                    RunHooks(tags={**hooks.tags, "seed": str(cfg.seed)}, name=hooks.name, on_open=score))
-        else:
-            with tracking.open_run(cfg.experiment, hooks.name, {"task": "toy", **hooks.tags},
-                                   parent=self.parent(plan)) as run:
-                run.log_params(logged_params(cfg))
-                score(run)
-        return float(curve[-1])
 
     def cifar_score(self, plan: StudyPlan, phase: str, cfg: Any, trial: optuna.trial.Trial,
                     hooks: RunHooks) -> float:
@@ -182,7 +241,8 @@ class Worker:
             trial.set_user_attr("diverged", True)
             return 0.0
         if "pruned" in last:
-            print(f"{plan.label} trial {trial.number}: pruned after epoch {last['pruned']:.0f}", flush=True)
+            if self.cfg.verbose:
+                print(f"{plan.label} trial {trial.number}: pruned after epoch {last['pruned']:.0f}", flush=True)
             raise optuna.TrialPruned(f"val_acc {last['val_acc']:.4f}")
         return float(last.get("val_acc", 0.0))
 
@@ -207,6 +267,12 @@ def cifar_inputs(cfg: TuneConfig) -> tuple:
 
     base = cfg.children[0].base
     return load_data(base), resolve_device(base.device)
+
+
+def _score_steps(curve: Any) -> list:
+    """A score curve as logged steps (one timestamp: they were computed together)."""
+    now = int(time.time() * 1000)
+    return [(step, now, {"score": float(value)}) for step, value in enumerate(curve)]
 
 
 def _point(cfg: Any, plan: StudyPlan) -> str:

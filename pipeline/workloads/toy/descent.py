@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from pipeline.optim.registry import OptimizerSettings, build_optimizer, set_mode
+from pipeline.optim.registry import TUNABLE, OptimizerSettings, OptimizerSpec, build_optimizer, set_mode
 from pipeline.workloads.toy.functions import Function2D
 
 
@@ -99,26 +99,59 @@ def _compiled_evaluator(fn: Function2D) -> Callable[..., torch.Tensor]:
 
 
 class _Points:
-    """The N points an optimizer moves. An element-wise optimizer gets them as one (2, N) tensor (N independent
-    runs in one); any other (Adafactor's update scaled to the tensor's RMS, SOAP, Shampoo, library classes) gets
-    one (2,) tensor per point, so that no point's update depends on another's."""
+    """The points of one descent, in groups: one per setting (its own param group, so its own lr), each holding
+    its starts as the optimizer's spec says they can be held with the same maths as one tensor per start: one
+    vector (x's, then y's) for an element-wise optimizer; the rows of one (n, 2) tensor for one with a row-wise
+    twin (optim/rowwise.py); else one (2,) tensor per point. Either way no point's update depends on another's."""
 
-    def __init__(self, settings: OptimizerSettings, starts: torch.Tensor) -> None:
-        self.shared = settings.spec.elementwise
-        self.params = [torch.nn.Parameter(starts.detach().T.contiguous())] if self.shared else \
-            [torch.nn.Parameter(row.clone()) for row in starts.detach()]
+    def __init__(self, spec: OptimizerSpec, starts: Sequence[torch.Tensor]) -> None:
+        self.layout = "vector" if spec.elementwise else "rows" if spec.rows else "each"
+        self.sizes = [len(group) for group in starts]
+        self.groups = [self._hold(group.detach()) for group in starts]
+
+    def _hold(self, starts: torch.Tensor) -> list[torch.nn.Parameter]:
+        if self.layout == "vector":
+            return [torch.nn.Parameter(starts.T.contiguous().reshape(-1))]
+        if self.layout == "rows":
+            return [torch.nn.Parameter(starts.clone())]
+        return [torch.nn.Parameter(row.clone()) for row in starts]
+
+    def _view(self, params: list[torch.nn.Parameter], count: int) -> torch.Tensor:
+        if self.layout == "vector":
+            return params[0].detach().view(2, count)
+        if self.layout == "rows":
+            return params[0].detach().T
+        return torch.stack([p.detach() for p in params], 1)
 
     def gather(self) -> torch.Tensor:
-        """The points as one (2, N) tensor."""
-        return self.params[0].detach() if self.shared else torch.stack([p.detach() for p in self.params], 1)
+        """Every point as one contiguous (2, N) tensor, the groups in order."""
+        views = [self._view(params, count) for params, count in zip(self.groups, self.sizes)]
+        return views[0].contiguous() if len(views) == 1 else torch.cat(views, 1)
 
     def scatter(self, grad: torch.Tensor) -> None:
         """Hand each parameter its part of the (2, N) gradient."""
-        if self.shared:
-            self.params[0].grad = grad
-        else:
-            for param, row in zip(self.params, grad.T.contiguous()):
-                param.grad = row
+        for params, part in zip(self.groups, grad.split(self.sizes, 1)):
+            if self.layout == "vector":
+                params[0].grad = part.reshape(-1)
+            elif self.layout == "rows":
+                params[0].grad = part.T.contiguous()
+            else:
+                for param, row in zip(params, part.T.contiguous()):
+                    param.grad = row
+
+
+def _optimizer(settings: Sequence[OptimizerSettings], points: _Points) -> torch.optim.Optimizer:
+    """One optimizer over every group, each group with its own settings (they may differ in lr, momentum and
+    weight decay only: the rest is the optimizer's, the same for all)."""
+    names = {s.name for s in settings}
+    if len(names) != 1:
+        raise ValueError(f"one descent takes one optimizer, got {sorted(names)}")
+    groups = [{"params": params, **{k: v for k, v in s.kwargs.items() if k in TUNABLE}}
+              for s, params in zip(settings, points.groups)]
+    return build_optimizer(settings[0], groups, rows=points.layout == "rows")
+
+
+COMPILE_FROM = 10**7  # point-steps in one descent from which the compiled evaluator pays for its compile
 
 
 def run_descent(fn: Function2D, optimizer: OptimizerSettings, starts: torch.Tensor, steps: int, tolerance: float,
@@ -126,11 +159,20 @@ def run_descent(fn: Function2D, optimizer: OptimizerSettings, starts: torch.Tens
     """Descend from each row of `starts` (N, 2) until all converge or diverge, or `steps` run out: N independent
     runs (see _Points). The record ends at the step where the last point converged or diverged.
     `compiled=True` runs the function and its gradient through torch.compile: it pays a compile of a few
-    seconds once per function and shape, then steps 2-3x faster (worth it from some 10^7 point-steps).
+    seconds once per function and shape, then steps 2-3x faster (worth it from some COMPILE_FROM point-steps).
     """
-    count, dtype, device = starts.shape[0], starts.dtype, starts.device
-    points = _Points(optimizer, starts)
-    opt = build_optimizer(optimizer, points.params)
+    return run_descents(fn, [optimizer], [starts], steps, tolerance, compiled)[0]
+
+
+def run_descents(fn: Function2D, settings: Sequence[OptimizerSettings], starts: Sequence[torch.Tensor], steps: int,
+                 tolerance: float, compiled: bool = False) -> list[Trajectory]:
+    """Several descents of one optimizer at once, one per (settings, starts (n, 2)) pair (e.g. the trials of a
+    study: one lr each): every point of every group steps together, one optimizer step for all, and each
+    group's trajectory is what run_descent would have recorded for it alone."""
+    first = starts[0]
+    count, dtype, device = sum(len(group) for group in starts), first.dtype, first.device
+    points = _Points(settings[0].spec, starts)
+    opt = _optimizer(settings, points)
     set_mode(opt, training=True)  # schedule-free: gradients at its y sequence; other optimizers have no modes
     evaluate = _compiled_evaluator(fn) if compiled else _evaluator(fn)
     positions = torch.empty(steps + 1, 2, count, dtype=dtype, device=device)
@@ -148,14 +190,20 @@ def run_descent(fn: Function2D, optimizer: OptimizerSettings, starts: torch.Tens
             if bool(done.all()):
                 break
         opt.step()
-    traj = _finish(fn, positions[: stop + 1].transpose(1, 2), losses[: stop + 1], grad_norms[: stop + 1],
-                   tolerance)
+    kept = (positions[: stop + 1].transpose(1, 2), losses[: stop + 1], grad_norms[: stop + 1])
+    bounds = np.cumsum([0, *points.sizes])
+    return [_trimmed(_finish(fn, *(part[:, a:b] for part in kept), tolerance), stop)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _trimmed(traj: Trajectory, stop: int) -> Trajectory:
+    """A record whose points all finished before the last step recorded ends at the step the last one did."""
     ended = np.maximum(traj.converged_step, traj.diverged_step)  # exclusive: the one outcome's step, else -1
-    if (ended >= 0).all() and ended.max() < stop:  # all finished before the check noticed: trim the extra steps
-        last = int(ended.max()) + 1
-        traj = Trajectory(traj.positions[:last], traj.losses[:last], traj.grad_norms[:last], traj.distances[:last],
-                          traj.converged_step, traj.diverged_step)
-    return traj
+    if not ((ended >= 0).all() and ended.max() < stop):
+        return traj
+    last = int(ended.max()) + 1
+    return Trajectory(traj.positions[:last], traj.losses[:last], traj.grad_norms[:last], traj.distances[:last],
+                      traj.converged_step, traj.diverged_step)
 
 
 def _finish(fn: Function2D, positions: torch.Tensor, losses: torch.Tensor, grad_norms: torch.Tensor,

@@ -8,18 +8,19 @@ diverging is never better than standing still anywhere in the window.
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from pipeline.optim.registry import OptimizerSettings
-from pipeline.workloads.toy.descent import Trajectory, run_descent, starting_points
+from pipeline.workloads.toy.descent import COMPILE_FROM, Trajectory, run_descent, run_descents, starting_points
 from pipeline.workloads.toy.functions import Function2D
 
 CAP_GRID = 201  # points a side of the grid whose worst gap caps every start's gap
 BASIN_GRID = 41  # starts a side of the basin map
-# ... for an optimizer that is not element-wise, whose starts descend one tensor each (descent._Points): 441
-# starts instead of 1,681 keep its map at seconds (Shampoo: 65 us per start and step on 2 CPU cores)
+# ... for an optimizer whose starts descend one tensor each (a library class: descent._Points): 441 starts
+# instead of 1,681 keep its map at seconds (65 us per start and step on 2 CPU cores)
 BASIN_GRID_PER_START = 21
 BASIN_RADIUS = 0.01  # a start reached the global minimum when it ends this close to one (share of the window)
 
@@ -46,17 +47,26 @@ def score_curve(fn: Function2D, settings: OptimizerSettings, starts: int, seed: 
     """The mean capped gap over `starts` seeded random starts at every step 0..steps (the score is the last).
 
     A descent whose every start converged or diverged early is held at its last value to the end."""
-    traj = run_descent(fn, settings, starting_points(fn, starts, seed), steps, tolerance)
-    curve = capped_gaps(fn, traj).mean(axis=1)
-    return np.concatenate([curve, np.full(steps + 1 - len(curve), curve[-1])])
+    return score_curves(fn, [settings], starts, [seed], steps, tolerance)[0]
+
+
+def score_curves(fn: Function2D, settings: Sequence[OptimizerSettings], starts: int, seeds: Sequence[int],
+                 steps: int, tolerance: float) -> list[np.ndarray]:
+    """score_curve of each (settings, seed) pair (one optimizer, e.g. a study's trials), descended together;
+    compiled where the batch is large enough to pay for the compile."""
+    batch = [starting_points(fn, starts, seed) for seed in seeds]
+    trajs = run_descents(fn, settings, batch, steps, tolerance, compiled=starts * len(seeds) * steps >= COMPILE_FROM)
+    curves = [capped_gaps(fn, traj).mean(axis=1) for traj in trajs]
+    return [np.concatenate([curve, np.full(steps + 1 - len(curve), curve[-1])]) for curve in curves]
 
 
 def basin_map(fn: Function2D, settings: OptimizerSettings, steps: int, tolerance: float,
               size: int | None = None) -> np.ndarray:
     """(size, size) booleans, rows y and columns x over the plot window: which starts of a regular grid end
     within BASIN_RADIUS of the window of a global minimum (or converged), run as one batched descent. The
-    grid is BASIN_GRID a side, BASIN_GRID_PER_START for optimizers that are not element-wise."""
-    size = size or (BASIN_GRID if settings.spec.elementwise else BASIN_GRID_PER_START)
+    grid is BASIN_GRID a side, BASIN_GRID_PER_START for optimizers whose starts descend one tensor each."""
+    together = settings.spec.elementwise or settings.spec.rows
+    size = size or (BASIN_GRID if together else BASIN_GRID_PER_START)
     (x0, x1), (y0, y1) = fn.window
     x, y = np.meshgrid(np.linspace(x0, x1, size), np.linspace(y0, y1, size))
     starts = torch.tensor(np.column_stack([x.ravel(), y.ravel()]), dtype=torch.float64)
