@@ -67,7 +67,7 @@ class TuneConfig:
     storage: str  # Optuna storage URL; empty: optuna.db beside the tracking store
     heartbeat_s: int  # seconds between a worker's heartbeats; silent for 3x this, its trial is failed and retried
     experiment: str
-    verbose: bool = False  # a line per trial besides the progress bar
+    verbose: bool  # a line per trial besides the progress bar
     children: tuple = ()  # StudyPlan per (optimizer, workload), filled by build_tune
 
     def __post_init__(self) -> None:
