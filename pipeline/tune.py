@@ -25,7 +25,7 @@ from pipeline.core.signals import stopped_by_signals
 from pipeline.sweeps.summary import parent_name
 from pipeline.sweeps.tune import claim, search
 from pipeline.sweeps.tune.report import collect, report
-from pipeline.sweeps.tune.worker import RunIds, Worker, cifar_inputs, on_stale
+from pipeline.sweeps.tune.worker import RunIds, Worker, cifar_inputs, enqueue_default, on_stale
 
 READY_TIMEOUT_S = 120  # how long the first worker waits for the others to start (each imports torch first)
 JOIN_TIMEOUT_S = 300  # how long a command waits for another, alive, that is creating the MLflow runs
@@ -79,6 +79,7 @@ def join(cfg: TuneConfig, storage: object) -> RunIds:
         except TimeoutError as busy:
             raise UsageError(f"storage: {busy} has been creating this tune's runs for over {JOIN_TIMEOUT_S} s and "
                              "is still alive; run the command again once it is done, or stop it") from None
+        enqueue_defaults(cfg, storage, RunIds(runs["parent"], runs["children"]))
         study.set_user_attr("runs", runs)
     if not tracking.run_exists(runs["parent"]):
         raise UsageError(f"storage: this tune's study names run {runs['parent']}, which the tracking store "
@@ -101,6 +102,13 @@ def _make_runs(cfg: TuneConfig, token: str, dead: list) -> dict:
                   f"stopped; its {len(orphans)} run(s) ended FAILED, and the runs are created again here", flush=True)
     ids = create_runs(cfg, token)
     return {"parent": ids.parent, "children": dict(ids.children)}
+
+
+def enqueue_defaults(cfg: TuneConfig, storage: object, ids: RunIds) -> None:
+    """Every trials study starts with the optimizer's default setting, queued once (before any worker asks)."""
+    worker = Worker(cfg, ids, storage)
+    for plan in cfg.children:
+        enqueue_default(worker.study(plan, "trials"), plan)
 
 
 def _undo(runs: dict) -> None:

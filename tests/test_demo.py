@@ -68,7 +68,7 @@ def test_demo_runs_both_sweeps_crowns_a_champion_and_says_where_to_look(tracking
     assert f"Runs are in {store_uri}. Open the UI: make ui, then http://127.0.0.1:5000 (experiment {toy})" in out
     assert "skipped" not in out
     tune = runs_of(tracking, demo.TUNE["experiment"])
-    assert [r.data.tags.get("task") for r in tune].count("tune") == 1 and len(tune) == 1 + 2 * 2 * (1 + 2 + 1 + 1)
+    assert [r.data.tags.get("task") for r in tune].count("tune") == 1 and len(tune) == 1 + 2 * 2 * (1 + 2 + 1)  # parent; per study: child, K trials (the first the default), S seeds
     assert "What the tune shows" in out and "rosenbrock: at its default lr" in out and "ackley: " in out
     for what in ("toy comparison", "CIFAR-10 comparison", "tune"):  # a link to each sweep's own view
         assert f"  the {what}: http://127.0.0.1:5000/#/experiments/" in out and "viewStateShareKey=" in out, what

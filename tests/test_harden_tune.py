@@ -425,7 +425,7 @@ def test_with_a_gpu_each_the_workers_train_to_the_end_however_long(tracking, sto
     assert process.returncode == 0 and "warning" not in err, err[-3000:]
     runs = runs_of(tracking, experiment)
     assert all(r.info.status == "FINISHED" for r in runs)
-    done_by = {r.data.tags["worker"] for r in runs if r.data.tags.get("role") in ("trial", "default", "seed")}
+    done_by = {r.data.tags["worker"] for r in runs if r.data.tags.get("role") in ("trial", "seed")}
     assert {int(worker.rsplit(":", 1)[1]) for worker in done_by} == workers
 
 
@@ -448,6 +448,8 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_run_
     from pipeline.sweeps.tune import search
 
     study = optuna.load_study(study_name=study.study_name, storage=_storage(store_uri))
+    # the stuck trial is failed and a copy queued; the queued default setting fills the one-trial budget, so the
+    # copy is never run (surplus)
     assert search.counts(study) == {"complete": 1, "pruned": 0, "running": 0, "waiting": 0, "fail": 0,
-                                    "surplus": 0, "retried": 1}
+                                    "surplus": 1, "retried": 1}
     assert all(r.info.status == "FINISHED" for r in runs_of(tracking, params["experiment"]))

@@ -56,15 +56,18 @@ def test_one_parent_a_child_per_optimizer_and_trials_defaults_seeds_under_each(t
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         below = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == child.info.run_id]
         roles = sorted(r.data.tags["role"] for r in below)
-        assert roles == sorted(["trial"] * K + ["default"] + ["seed"] * S), child.info.run_name
+        assert roles == sorted(["trial"] * K + ["seed"] * S), child.info.run_name  # no separate default run
+        (first,) = [r for r in below if r.data.tags.get("default") == "true"]  # the default is trial 0, counted
+        assert first.data.tags["trial"] == "0" and first.data.tags["role"] == "trial"
         assert {r.data.tags["study"] for r in below if r.data.tags["role"] == "trial"} == {child.data.tags["study"]}
         optimizer = child.data.tags["optimizer"]
-        for run in below:  # readable names: adam-t03-lr2.1e-3, adam-default-lr1.0e-3, adam-seed2
+        for run in below:  # readable names: adam-t03-lr2.1e-3, adam-t00-default-lr1.0e-3, adam-seed2
             role, name = run.data.tags["role"], run.info.run_name
-            expected = {"trial": rf"{optimizer}-t{int(run.data.tags['trial']):02d}-lr\d\.\de-?\d+",
-                        "default": rf"{optimizer}-default-lr\d\.\de-?\d+", "seed": rf"{optimizer}-seed[12]"}[role]
+            default = "default-" if run.data.tags.get("default") == "true" else ""
+            expected = {"trial": rf"{optimizer}-t{int(run.data.tags['trial']):02d}-{default}lr\d\.\de-?\d+",
+                        "seed": rf"{optimizer}-seed[12]"}[role]
             assert re.fullmatch(expected, name), name
-    assert len(runs) == 1 + len(children) * (2 + K + S)
+    assert len(runs) == 1 + len(children) * (1 + K + S)
 
 
 def test_a_toy_trial_logs_a_score_curve_and_a_seed_run_is_an_ordinary_toy_run(toy_tune):
@@ -119,8 +122,9 @@ def test_the_reported_best_is_the_best_trial_and_seed_statistics_match_the_seed_
         assert {r.data.params["lr"] for r in _by_role(below, "seed")} == {best.data.params["lr"]}
         assert child.data.metrics["score_mean"] == pytest.approx(np.mean(seeds), rel=1e-9)
         assert child.data.metrics["score_sd"] == pytest.approx(np.std(seeds, ddof=1), rel=1e-9)
-        (default,) = _by_role(below, "default")
-        assert float(default.data.params["lr"]) == float(row["default_lr"])
+        (default,) = [r for r in trials if r.data.tags.get("default") == "true"]
+        assert float(default.data.params["lr"]) == pytest.approx(float(row["default_lr"]), rel=1e-9)
+        assert best.data.metrics["score"] <= default.data.metrics["score"]  # tuning never picks worse than it
         assert child.data.metrics["default_score"] == pytest.approx(default.data.metrics["score"], rel=1e-9)
     assert "rosenbrock: at its default lr" in done.stdout and "with every optimizer tuned" in done.stdout
     parent = next(r for r in runs if r.data.tags.get("task") == "tune")
@@ -330,3 +334,22 @@ def test_the_verdict_equals_a_recomputation_from_the_stored_seed_runs(toy_tune, 
         significant = all(p < 0.05 for p in _holm(pvalues))
         assert verdict["winner"] == (best if significant else None)
         assert f"{function}: {best} wins" in done.stdout if significant else "not told apart" in done.stdout
+
+
+def test_every_study_starts_with_the_default_setting_and_holds_exactly_k_trials(toy_tune, store_uri):
+    """In the Optuna storage: trial 0 of each study is the optimizer's own lr (queued, tagged default), counted in
+    the K; no separate default study or run exists."""
+    from pipeline.optim.registry import get_spec
+
+    _, _, _, runs = toy_tune
+    (parent,) = [r for r in runs if r.data.tags.get("task") == "tune"]
+    key = parent.data.tags["tune_key"]
+    studies = _studies(store_uri, key, "trials")
+    assert sorted(studies) == sorted(f"{o}-{f}" for o in OPTIMIZERS for f in FUNCTIONS)
+    for label, study in studies.items():
+        first = study.trials[0]
+        assert first.user_attrs.get("default") is True
+        assert first.params["lr"] == pytest.approx(get_spec(label.split("-")[0]).default_lr)
+        assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == K
+        assert sum(bool(t.user_attrs.get("default")) for t in study.trials) == 1
+    assert not _studies(store_uri, key, "default")

@@ -13,7 +13,7 @@ from pipeline.sweeps.summary import as_csv, as_markdown
 from pipeline.sweeps.tune import results as tune_results
 from pipeline.sweeps.tune import ruling, search
 from pipeline.sweeps.tune.results import StudyResult, TrialRecord
-from pipeline.sweeps.tune.worker import RunIds, Worker
+from pipeline.sweeps.tune.worker import DEFAULT_ATTR, RunIds, Worker
 from pipeline.viz import tune as tune_figures
 from pipeline.workloads.toy import scores
 from pipeline.workloads.toy.functions import get_function
@@ -30,7 +30,8 @@ def _records(worker: Worker, plan: StudyPlan, phase: str) -> list[TrialRecord]:
             value = trial.intermediate_values[max(trial.intermediate_values)]
         seed = trial.user_attrs.get("seed_index")
         found.append(TrialRecord(trial.number, state, dict(trial.params), value, trial.user_attrs.get("run_id", ""),
-                                 None if seed is None else plan.base.seed + 1 + int(seed)))
+                                 None if seed is None else plan.base.seed + 1 + int(seed),
+                                 bool(trial.user_attrs.get(DEFAULT_ATTR))))
     return found
 
 
@@ -38,7 +39,8 @@ def collect(cfg: TuneConfig, worker: Worker) -> list[StudyResult]:
     """Every study's trials, default run and seed reruns, from the Optuna storage (and times from MLflow)."""
     results = []
     for plan in cfg.children:
-        defaults = [t for t in _records(worker, plan, "default") if t.state == "complete"]
+        trials = _records(worker, plan, "trials")
+        defaults = [t for t in trials if t.default and t.state == "complete"]
         seeds = sorted((t for t in _records(worker, plan, "seeds") if t.state == "complete"), key=lambda t: t.seed)
         times = []
         if cfg.task == "cifar":
@@ -46,7 +48,7 @@ def collect(cfg: TuneConfig, worker: Worker) -> list[StudyResult]:
                 reached = tracking.fetch_run(seed.run_id, ("time_to_target",))["metrics"]["time_to_target"]
                 times += [value for _, value in reached[-1:]]
         results.append(StudyResult(plan.optimizer, plan.workload, plan.base.optimizer_settings.kwargs["lr"],
-                                   _records(worker, plan, "trials"), defaults[0] if defaults else None, seeds,
+                                   trials, defaults[0] if defaults else None, seeds,
                                    cfg.task == "cifar", tuple(times)))
     return results
 

@@ -20,6 +20,7 @@ class TrialRecord:
     value: float | None  # the score (for a pruned trial: its last reported val_acc)
     run_id: str = ""
     seed: int | None = None  # seed reruns: the seed they ran
+    default: bool = False  # the optimizer's own default setting, queued as the study's first trial
 
 
 @dataclass(frozen=True)

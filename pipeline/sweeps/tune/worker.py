@@ -1,4 +1,4 @@
-"""A `tune` worker: it takes trials from the studies in order (tuning trials, the default-lr run, then seed reruns
+"""A `tune` worker: it takes trials from the studies in order (tuning trials, the first the default setting; then seed reruns
 of the best setting) until every study is done, each trial an MLflow run nested under its optimizer's run."""
 from __future__ import annotations
 
@@ -24,8 +24,23 @@ from pipeline.training.loop import StopTraining
 from pipeline.workloads.toy import scores
 from pipeline.workloads.toy.functions import get_function
 
-PHASES = ("trials", "default", "seeds")
-ROLES = {"trials": "trial", "default": "default", "seeds": "seed"}
+PHASES = ("trials", "seeds")
+ROLES = {"trials": "trial", "seeds": "seed"}
+DEFAULT_ATTR = "default"  # user attr of the trial that is the optimizer's own default setting (trial 0)
+
+
+def default_point(plan: StudyPlan) -> dict[str, float]:
+    """The optimizer's own setting in the searched dimensions (a weight decay of 0 stays unsearched: a log scale
+    has no 0)."""
+    resolved = plan.base.optimizer_settings.kwargs
+    return {dim: float(resolved[dim]) for dim in plan.dims if resolved.get(dim)}
+
+
+def enqueue_default(study: optuna.Study, plan: StudyPlan) -> None:
+    """The study's first trial is the default setting, counted in its K (Optuna's enqueue_trial), so tuning
+    never selects a setting worse than the default on the tuning seed."""
+    if not any(t.user_attrs.get(DEFAULT_ATTR) for t in study.get_trials(deepcopy=False)):
+        study.enqueue_trial(default_point(plan), user_attrs={DEFAULT_ATTR: True})
 POLL_S = 1.0  # seconds between looks at studies another worker holds
 
 
@@ -62,7 +77,7 @@ class Worker:
         return {"lr": (cfg.lr_min, cfg.lr_max), "weight_decay": (cfg.weight_decay_min, cfg.weight_decay_max)}
 
     def budget(self, phase: str) -> int:
-        return {"trials": self.cfg.trials, "default": 1, "seeds": self.cfg.seeds}[phase]
+        return {"trials": self.cfg.trials, "seeds": self.cfg.seeds}[phase]
 
     def study(self, plan: StudyPlan, phase: str) -> optuna.Study:
         """The phase's study of `plan`, created by the first worker to ask; the same sampler everywhere."""
@@ -123,15 +138,14 @@ class Worker:
         """What one trial of this phase runs: a tuning point, the defaults, or the best point on a fresh seed."""
         if phase == "trials":
             return dataclasses.replace(plan.base, **search.suggest(trial, plan.dims, self.bounds))
-        if phase == "default":
-            return plan.base
         best = search.best_trial(self.study(plan, "trials")).params
         index = search.seed_index(self.study(plan, "seeds"), trial)
         return dataclasses.replace(plan.base, **best, seed=plan.base.seed + 1 + index)
 
     def tags(self, plan: StudyPlan, phase: str, trial: optuna.trial.Trial) -> dict[str, str]:
+        default = {"default": "true"} if trial.user_attrs.get(DEFAULT_ATTR) else {}
         return {"role": ROLES[phase], "study": self.cfg.study_name(plan, phase), "trial": str(trial.number),
-                "optimizer": plan.optimizer, "workload": plan.workload,
+                **default, "optimizer": plan.optimizer, "workload": plan.workload,
                 "worker": f"{socket.gethostname()}:{os.getpid()}", tracking.SWEEPS_TAG: self.ids.parent}
 
     def finished(self, plan: StudyPlan, phase: str, numbers: list[int], cfgs: list, values: list[float]) -> None:
@@ -145,7 +159,8 @@ class Worker:
         """One cifar trial of this phase, as an Optuna objective."""
         def objective(trial: optuna.trial.Trial) -> float:
             cfg = self.setting(plan, phase, trial)
-            hooks = RunHooks(tags=self.tags(plan, phase, trial), name=run_name(plan, phase, cfg, trial.number),
+            hooks = RunHooks(tags=self.tags(plan, phase, trial), name=run_name(plan, phase, cfg, trial.number,
+                                                                          bool(trial.user_attrs.get(DEFAULT_ATTR))),
                              on_open=lambda run: trial.set_user_attr("run_id", run.run_id))
             try:
                 score = self.cifar_score(plan, phase, cfg, trial, hooks)
@@ -191,7 +206,7 @@ class Worker:
             runs = []
             for trial, cfg in zip(trials, cfgs):
                 runs.append(stack.enter_context(tracking.open_run(
-                    cfg.experiment, run_name(plan, phase, cfg, trial.number),
+                    cfg.experiment, run_name(plan, phase, cfg, trial.number, bool(trial.user_attrs.get(DEFAULT_ATTR))),
                     {"task": "toy", **self.tags(plan, phase, trial)}, parent=self.parent(plan))))
                 trial.set_user_attr("run_id", runs[-1].run_id)
             curves = curve_of()
@@ -253,12 +268,12 @@ def short_number(value: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def run_name(plan: StudyPlan, phase: str, cfg: Any, number: int) -> str:
-    """adam-t03-lr2.1e-3, adam-default-lr1e-3, adam-seed2: what each run is, readable in the runs table."""
+def run_name(plan: StudyPlan, phase: str, cfg: Any, number: int, default: bool = False) -> str:
+    """adam-t03-lr2.1e-3, adam-t00-default-lr1e-3, adam-seed2: what each run is, readable in the runs table."""
     lr = short_number(cfg.optimizer_settings.kwargs["lr"])
     if phase == "trials":
-        return f"{plan.optimizer}-t{number:02d}-lr{lr}"
-    return f"{plan.optimizer}-default-lr{lr}" if phase == "default" else f"{plan.optimizer}-seed{cfg.seed}"
+        return f"{plan.optimizer}-t{number:02d}-{'default-' if default else ''}lr{lr}"
+    return f"{plan.optimizer}-seed{cfg.seed}"
 
 
 def cifar_inputs(cfg: TuneConfig) -> tuple:
