@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import optuna
 from optuna.trial import Trial, TrialState
 
+from pipeline.core.background import in_background
 from pipeline.sweeps.tune import search
 
 BATCHED = ("qmc", "grid", "random")  # samplers whose points do not depend on the scores of running trials
@@ -103,10 +104,5 @@ def _beating(study: optuna.Study, trials: list[Trial]) -> Iterator[None]:
                 with contextlib.suppress(Exception):  # a storage that hiccups misses this beat, not the next
                     storage.record_heartbeat(trial._trial_id)
 
-    thread = threading.Thread(target=beat, name="optlab-heartbeats", daemon=True)
-    thread.start()
-    try:
+    with in_background(beat, stop, "optlab-heartbeats"):
         yield
-    finally:
-        stop.set()
-        thread.join()

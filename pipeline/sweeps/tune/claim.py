@@ -23,6 +23,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from pipeline.core.background import in_background
 from pipeline.sweeps.tune.search import GRACE_BEATS
 
 POLL_S = 1.0  # seconds between looks at a try another process makes
@@ -112,10 +113,5 @@ def _beating(trial: Trial, beat_s: int) -> Iterator[None]:
             except Exception:  # noqa: BLE001 - a storage that hiccups: this beat is missed, the next may land
                 continue
 
-    thread = threading.Thread(target=beat, name="optlab-beat", daemon=True)
-    thread.start()
-    try:
+    with in_background(beat, stop, "optlab-beat"):
         yield
-    finally:
-        stop.set()
-        thread.join()
