@@ -14,7 +14,7 @@ from pipeline.config.tasks import ToyConfig, logged_params
 from pipeline.core.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.core.provenance import code_version, config_hash
 from pipeline.training.hooks import RunHooks, RunLogger
-from pipeline.viz import figures
+from pipeline.viz import figures, paths
 from pipeline.workloads.toy.descent import Trajectory, run_descent, starting_points
 from pipeline.workloads.toy.functions import Function2D, get_function
 
@@ -60,9 +60,9 @@ def log_trajectory(run: RunLogger, fn: Function2D, traj: Trajectory, label: str)
                    for step, (loss, grad_norm, distance) in enumerate(zip(
                        traj.losses[:, 0], traj.grad_norms[:, 0], traj.distances[:, 0]))])
     run.log_text(trajectory_csv(traj), "trajectory.csv")
-    path = {label: traj.positions[:, 0]}
-    run.log_figure(figures.contour_figure(fn, path), "plots/contour.png")
-    run.log_figure(figures.surface_figure(fn, path), "plots/surface.png")
+    path = traj.positions[:, 0]  # over a background drawn once per function (viz/paths.py)
+    run.log_figure(paths.contour_png(fn, label, path), "plots/contour.png")
+    run.log_figure(paths.surface_png(fn, label, path), "plots/surface.png")
     run.log_figure(figures.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
 
 

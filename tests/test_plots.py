@@ -79,3 +79,26 @@ def test_small_multiples_draw_one_panel_per_path_on_one_colour_scale():
     assert [ax.get_title() for ax in panels] == ["sgd", "asgd", "adam"]
     assert all(len(ax.get_lines()) == 1 for ax in panels)  # each panel its own path, none hidden
     assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 1
+
+
+def _png_pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def test_a_path_drawn_over_the_cached_background_is_the_full_figure():
+    """viz/paths.py: the same picture as contour_figure and surface_figure drawn in full, but for the legend's
+    room (the longest optimizer name's), so only a narrow band of the axes differs; again for a second path (the
+    first's artists are gone); and a path that leaves the window is drawn in full, its window widened."""
+    from pipeline.viz import paths
+
+    fn = get_function("rosenbrock")
+    for label, path in (("adafactor", np.array([[-1.5, 2.0], [-1.0, 1.0], [0.5, 0.3], [0.9, 0.8]])),
+                        ("sgd", np.array([[1.5, -0.5], [0.0, 0.0]]))):
+        for fast, full in ((paths.contour_png, figures.contour_figure), (paths.surface_png, figures.surface_figure)):
+            drawn, expected = _png_pixels(fast(fn, label, path)), _png_pixels(paths._png(full(fn, {label: path})))
+            assert drawn.shape == expected.shape
+            if label == "adafactor":  # the longest name: the same layout as the full figure
+                assert (np.abs(drawn - expected).max(axis=2) > 40).mean() < 0.01, label
+    far = np.array([[0.0, 0.0], [9.0, 9.0]])  # outside the window: the full figure, whose window holds it
+    assert _png_pixels(paths.contour_png(fn, "adam", far)).shape == _png_pixels(paths._png(figures.contour_figure(
+        fn, {"adam": far}))).shape

@@ -4,6 +4,7 @@ its block. Several can be open at once (lockstep children), each logging from an
 from __future__ import annotations
 
 import shlex
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -82,8 +83,14 @@ class Run:
         self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        """Save a matplotlib Figure into the run's artifacts."""
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        """Save a matplotlib Figure, or one drawn already (PNG bytes), into the run's artifacts."""
+        if not isinstance(figure, bytes):
+            self.client.log_figure(self.run_id, figure, artifact_file)
+            return
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
+            (Path(scratch) / name).write_bytes(figure)
+            self.client.log_artifact(self.run_id, str(Path(scratch) / name), folder or None)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Save text (CSV, Markdown) into the run's artifacts."""

@@ -15,6 +15,7 @@ from pipeline.workloads.toy.functions import Function2D
 Paths = Mapping[str, np.ndarray]  # label -> (T, 2) positions
 _GRID = 300  # points per axis for contours and surfaces
 _FLOOR = 1e-12  # smallest gap to f_min drawn on log axes
+PATH = "path"  # the gid of what draw_paths and surface_paths add (viz/paths.py draws them over a background)
 
 
 def _finite(path: np.ndarray) -> np.ndarray:
@@ -24,7 +25,7 @@ def _finite(path: np.ndarray) -> np.ndarray:
     return path[:stop]
 
 
-def _bounds(fn: Function2D, paths: Paths) -> tuple[tuple[float, float], tuple[float, float]]:
+def bounds(fn: Function2D, paths: Paths) -> tuple[tuple[float, float], tuple[float, float]]:
     """The plot window widened to hold the paths, but never beyond three times its own size."""
     out = []
     for axis, (low, high) in enumerate(fn.window):
@@ -37,8 +38,8 @@ def _bounds(fn: Function2D, paths: Paths) -> tuple[tuple[float, float], tuple[fl
     return out[0], out[1]
 
 
-def _grid(fn: Function2D, paths: Paths):
-    (x0, x1), (y0, y1) = _bounds(fn, paths)
+def grid_of(fn: Function2D, paths: Paths):
+    (x0, x1), (y0, y1) = bounds(fn, paths)
     xs, ys = np.meshgrid(np.linspace(x0, x1, _GRID), np.linspace(y0, y1, _GRID))
     with np.errstate(over="ignore", invalid="ignore"):  # steep functions overflow far out; inf is fine
         return xs, ys, fn(xs, ys)
@@ -53,9 +54,9 @@ def contour_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
     """Filled contours of `fn` with each path, its start and end, and the known minima."""
     fig = Figure(figsize=(7.5, 6.0), layout="constrained")
     ax = fig.add_subplot()
-    grid = _grid(fn, paths)
+    grid = grid_of(fn, paths)
     contours(fig, [ax], fn, grid)
-    _draw_paths(ax, paths)
+    draw_paths(ax, paths)
     _minima(ax, fn, grid, size=260)
     ax.set(xlabel="x", ylabel="y", title=title or f"{fn.title}: descent paths")
     legend_outside(fig, ax)
@@ -98,10 +99,10 @@ def panels_figure(fn: Function2D, paths: Paths) -> Figure:
     rows = -(-len(paths) // columns)
     fig = Figure(figsize=(3.4 * columns + 1.2, 3.0 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    grid = _grid(fn, paths)
+    grid = grid_of(fn, paths)
     contours(fig, list(axes[: len(paths)]), fn, grid)
     for ax, (label, path) in zip(axes, paths.items()):
-        _draw_paths(ax, {label: path}, looks(list(paths))[label])
+        draw_paths(ax, {label: path}, looks(list(paths))[label])
         _minima(ax, fn, grid, size=120)
         ax.set_title(label, fontsize=9)
         ax.tick_params(labelsize=7)
@@ -111,17 +112,18 @@ def panels_figure(fn: Function2D, paths: Paths) -> Figure:
     return fig
 
 
-def _draw_paths(ax, paths: Paths, style: tuple[str, str] | None = None) -> None:
+def draw_paths(ax, paths: Paths, style: tuple[str, str] | None = None) -> None:
+    """Each path on a contour plot's axes, with its start and end (and their legend entries)."""
     styles = looks(list(paths))
     for label, raw in paths.items():
         path, (color, dashes) = _finite(raw), style or styles[label]
         if not len(path):
             continue
-        ax.plot(path[:, 0], path[:, 1], dashes, color=color, lw=1.8, label=label, zorder=3)
-        ax.scatter(*path[0], marker="o", s=70, color=color, edgecolors="black", zorder=4)
-        ax.scatter(*path[-1], marker="X", s=110, color=color, edgecolors="black", zorder=4)
-    ax.scatter([], [], marker="o", c="lightgray", edgecolors="black", label="start")
-    ax.scatter([], [], marker="X", c="lightgray", edgecolors="black", label="end")
+        ax.plot(path[:, 0], path[:, 1], dashes, color=color, lw=1.8, label=label, zorder=3, gid=PATH)
+        ax.scatter(*path[0], marker="o", s=70, color=color, edgecolors="black", zorder=4, gid=PATH)
+        ax.scatter(*path[-1], marker="X", s=110, color=color, edgecolors="black", zorder=4, gid=PATH)
+    ax.scatter([], [], marker="o", c="lightgray", edgecolors="black", label="start", gid=PATH)
+    ax.scatter([], [], marker="X", c="lightgray", edgecolors="black", label="end", gid=PATH)
 
 
 def surface_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Figure:
@@ -129,24 +131,11 @@ def surface_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
     fig = Figure(figsize=(8.0, 6.5), layout="constrained")
     # computed_zorder=False: draw in call order, so the paths stay on top of the surface.
     ax = fig.add_subplot(projection="3d", computed_zorder=False)
-    xs, ys, zs = _grid(fn, paths)
+    xs, ys, zs = grid_of(fn, paths)
     surface = _height(fn, zs)
     ax.plot_surface(xs, ys, surface, cmap="viridis", alpha=0.55, linewidth=0, antialiased=True,
                     rcount=80, ccount=80)
-    styles = looks(list(paths))
-    for label, raw in paths.items():
-        path, (color, dashes) = _finite(raw), styles[label]
-        if not len(path):
-            continue
-        with np.errstate(over="ignore", invalid="ignore"):
-            heights = _height(fn, fn(path[:, 0], path[:, 1]))
-        # 3-D axes draw past their box: blank (NaN) what lies outside the surface's window instead.
-        inside = ((xs.min() <= path[:, 0]) & (path[:, 0] <= xs.max()) & (ys.min() <= path[:, 1])
-                  & (path[:, 1] <= ys.max()))
-        px, py, pz = (np.where(inside, values, np.nan) for values in (path[:, 0], path[:, 1], heights))
-        ax.plot(px, py, pz, dashes, color=color, lw=2.2, label=label, zorder=10)
-        ax.scatter(px[0], py[0], pz[0], marker="o", s=50, color=color, edgecolors="black")
-        ax.scatter(px[-1], py[-1], pz[-1], marker="X", s=80, color=color, edgecolors="black")
+    surface_paths(ax, fn, (xs, ys), paths)
     minima = np.asarray(fn.minima)
     ax.scatter(minima[:, 0], minima[:, 1], _height(fn, np.full(len(minima), fn.f_min)), marker="*", s=200,
                c="gold", edgecolors="black", label="global minimum")
@@ -159,6 +148,24 @@ def surface_figure(fn: Function2D, paths: Paths, title: str | None = None) -> Fi
     ax.view_init(elev=35, azim=-60)
     legend_outside(fig, ax)
     return fig
+
+
+def surface_paths(ax, fn: Function2D, grid: tuple, paths: Paths) -> None:
+    """Each path on the surface's axes, with its start and end."""
+    (xs, ys), styles = grid, looks(list(paths))
+    for label, raw in paths.items():
+        path, (color, dashes) = _finite(raw), styles[label]
+        if not len(path):
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            heights = _height(fn, fn(path[:, 0], path[:, 1]))
+        # 3-D axes draw past their box: blank (NaN) what lies outside the surface's window instead.
+        inside = ((xs.min() <= path[:, 0]) & (path[:, 0] <= xs.max()) & (ys.min() <= path[:, 1])
+                  & (path[:, 1] <= ys.max()))
+        px, py, pz = (np.where(inside, values, np.nan) for values in (path[:, 0], path[:, 1], heights))
+        ax.plot(px, py, pz, dashes, color=color, lw=2.2, label=label, zorder=10, gid=PATH)
+        ax.scatter(px[0], py[0], pz[0], marker="o", s=50, color=color, edgecolors="black", gid=PATH)
+        ax.scatter(px[-1], py[-1], pz[-1], marker="X", s=80, color=color, edgecolors="black", gid=PATH)
 
 
 def loss_figure(fn: Function2D, losses: Mapping[str, np.ndarray], title: str | None = None) -> Figure:

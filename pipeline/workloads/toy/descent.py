@@ -1,9 +1,10 @@
 """Batched descent on a 2-D test function: many starting points, one optimizer, positions out. No I/O."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -152,6 +153,10 @@ def _optimizer(settings: Sequence[OptimizerSettings], points: _Points) -> torch.
 
 
 COMPILE_FROM = 10**7  # point-steps in one descent from which the compiled evaluator pays for its compile
+# Points from which a descent's element-wise ops are worth torch's intra-op threads. Below, one thread: an op on
+# a few thousand float64s takes microseconds, and splitting it (exp and sqrt split from some 2,000 elements) waits
+# for the other thread to be scheduled: 6 ms an op, 1,000 times slower, on 2 cores with anything else running.
+PARALLEL_FROM = 16384
 
 
 def run_descent(fn: Function2D, optimizer: OptimizerSettings, starts: torch.Tensor, steps: int, tolerance: float,
@@ -171,6 +176,25 @@ def run_descents(fn: Function2D, settings: Sequence[OptimizerSettings], starts: 
     group's trajectory is what run_descent would have recorded for it alone."""
     first = starts[0]
     count, dtype, device = sum(len(group) for group in starts), first.dtype, first.device
+    with _threads(1 if count < PARALLEL_FROM and device.type == "cpu" else torch.get_num_threads()):
+        return _descend(fn, settings, starts, steps, tolerance, compiled, count)
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads for the block (process-wide), then as they were."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _descend(fn: Function2D, settings: Sequence[OptimizerSettings], starts: Sequence[torch.Tensor], steps: int,
+             tolerance: float, compiled: bool, count: int) -> list[Trajectory]:
+    first = starts[0]
+    dtype, device = first.dtype, first.device
     points = _Points(settings[0].spec, starts)
     opt = _optimizer(settings, points)
     set_mode(opt, training=True)  # schedule-free: gradients at its y sequence; other optimizers have no modes
