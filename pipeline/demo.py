@@ -1,5 +1,12 @@
-"""`make demo`: the notebook's whole story as tracked sweeps: toy functions, then CIFAR-10."""
+"""`make demo`: the notebook's whole story as tracked sweeps: toy functions, then CIFAR-10, then a fair tune. It
+says what it is about to do and about how long each part takes, keeps each sweep's own per-run lines to itself,
+and ends with the tables, the verdict and the links."""
 from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
 
 import torch
 
@@ -14,9 +21,11 @@ from pipeline.tune import tune
 TOY = {"task": "toy", "function": "rosenbrock", "lr": "0.002", "steps": "1000"}
 # The notebook's seven optimizers plus nesterov: its full setting on a GPU, a few minutes' worth on a CPU.
 CIFAR_GPU = {"task": "cifar", "epochs": "5", "batch_size": "32"}
-CIFAR_CPU = {"task": "cifar", "epochs": "2", "train_limit": "512", "val_limit": "256"}
-# Then every optimizer tuned alike (8 trials each, best setting over 3 seeds) on two functions: minutes on a CPU.
+CIFAR_CPU = {"task": "cifar", "epochs": "2", "train_limit": "256", "val_limit": "256", "system_metrics": "false"}
+# Then every optimizer tuned alike (8 trials each, the first its default; best setting over 3 seeds).
 TUNE = {"task": "toy", "functions": "rosenbrock,ackley", "trials": "8", "seeds": "3"}
+# About how long each part takes on 2 CPU cores (measured: docs/performance.md), said before it starts.
+EXPECTED_CPU_S = {"toy": 20, "cifar": 120, "tune": 60}
 
 
 def where_to_look(experiment: str) -> str:
@@ -28,25 +37,44 @@ def where_to_look(experiment: str) -> str:
             "tick the child runs and press Compare.")
 
 
+def quietly(part: str, what: str, work):
+    """Announce a part, run it with its per-run lines kept back (errors and warnings still reach stderr), say
+    how long it took; returns what `work()` returns."""
+    expected = "" if torch.cuda.is_available() else f" (about {EXPECTED_CPU_S[part]} s on 2 CPU cores)"
+    print(f"{what}{expected} ...", flush=True)
+    began = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        found = work()
+    print(f"  done in {time.perf_counter() - began:.0f} s", flush=True)
+    return found
+
+
 def main(data_dir: str | None = None) -> int:
     """Run the toy sweep, the CIFAR sweep (skipped with one line when no data can be had), then a toy tune."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (tables made, monitors) are not news
+    print("optlab demo: three tracked sweeps, as the notebook's story; the tables, the verdict and the links come "
+          "at the end.")
     summaries, views = [], []
     toy = build_compare(TOY)
-    run_id, markdown, _ = sweep(toy)
+    run_id, markdown, _ = quietly("toy", "1/3 toy comparison: every optimizer on Rosenbrock at one lr",
+                                  lambda: sweep(toy))
     summaries.append(markdown)
     views.append(("toy comparison", run_id))
     cifar_params = {**(CIFAR_GPU if torch.cuda.is_available() else CIFAR_CPU),
                     **({"data_dir": data_dir} if data_dir else {})}
     try:
-        run_id, markdown, uri = sweep(build_compare(cifar_params))
+        cifar = build_compare(cifar_params)
+        run_id, markdown, uri = quietly("cifar", "2/3 CIFAR-10 comparison: the notebook's optimizers",
+                                        lambda: sweep(cifar))
         summaries.append(markdown + (f"\nBest model: {uri}\n" if uri else ""))
         views.append(("CIFAR-10 comparison", run_id))
     except UsageError as error:
         print(f"CIFAR-10 comparison skipped: {error}. Run `make demo DATA=<folder with cifar-10-batches-py>`.")
-    run_id, markdown, lines = tune(build_tune(TUNE))
-    views.append(("tune", run_id))
+    run_id, _, lines = quietly("tune", "3/3 tune: every optimizer tuned alike on Rosenbrock and Ackley "
+                               f"({TUNE['trials']} trials each, the best rerun on {TUNE['seeds']} seeds)",
+                               lambda: tune(build_tune(TUNE)))
+    views.append(("tune (its verdict; tuned.md and verdict.md on the run)", run_id))
     print("\n".join(summaries))
-    print(markdown)
     print("What the tune shows: a comparison at one shared lr is not the comparison once each is tuned.")
     print("\n".join(f"  {line}" for line in lines))
     print(where_to_look(toy.experiment))

@@ -71,7 +71,11 @@ def test_demo_runs_both_sweeps_crowns_a_champion_and_says_where_to_look(tracking
     assert [r.data.tags.get("task") for r in tune].count("tune") == 1 and len(tune) == 1 + 2 * 2 * (1 + 2 + 1)  # parent; per study: child, K trials (the first the default), S seeds
     assert "What the tune shows" in out and "rosenbrock: at its default lr" in out and "ackley: " in out
     for what in ("toy comparison", "CIFAR-10 comparison", "tune"):  # a link to each sweep's own view
-        assert f"  the {what}: http://127.0.0.1:5000/#/experiments/" in out and "viewStateShareKey=" in out, what
+        assert f"  the {what}" in out and "viewStateShareKey=" in out, what
+    assert [line for line in out.splitlines() if line.startswith(("1/3 ", "2/3 ", "3/3 "))] and \
+        out.count("  done in ") == 3  # each part announced, with how long it took
+    assert "trial " not in out and "epoch 1/1" not in out  # the sweeps' own per-run lines are kept back
+    assert len(out.splitlines()) <= 60
 
 
 def test_demo_without_data_skips_cifar_in_one_line_and_still_runs_the_toy_sweep(tracking, monkeypatch, capsys,
