@@ -21,7 +21,7 @@ from pipeline.core.errors import UsageError, one_line
 from pipeline.core.handed import handed_run_id, take_handed_run_id
 from pipeline.tracking.experiments import experiment_id_for, mark_experiment
 from pipeline.tracking.modelfiles import pickle_off
-from pipeline.tracking.server import connect, is_store_error, refusals_as_usage_errors
+from pipeline.tracking.server import connect, is_store_error, refusals_as_usage_errors, registry_quiet
 from pipeline.training.hooks import Step
 
 _BATCH = 1000  # MLflow accepts at most 1000 metrics in one log_batch call
@@ -127,7 +127,7 @@ class Run:
         # Created here, in the run's experiment: outside an active run MLflow would file it under the fluent
         # API's experiment (Default), where runs:/<run_id>/model does not find it.
         logged = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=self.run_id)
-        with pickle_off():  # log_model loads the model back to check its input example: as predict loads it
+        with pickle_off(), registry_quiet():  # log_model loads the model back to check its input example: as predict loads it
             info = mlflow.pytorch.log_model(model, name="model", input_example=input_example, run_id=self.run_id,
                                             model_id=logged.model_id, pip_requirements=requirements,
                                             registered_model_name=registered_name, metadata=dict(metadata or {}))

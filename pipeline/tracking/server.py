@@ -2,6 +2,7 @@
 store errors are told apart (refused for good, an outage, a bug)."""
 from __future__ import annotations
 
+import io
 import os
 import urllib.request
 from contextlib import contextmanager
@@ -102,3 +103,17 @@ def is_store_error(error: BaseException) -> bool:
 
     return isinstance(error, (mlflow.exceptions.MlflowException, requests.exceptions.RequestException, OSError))
 
+
+
+@contextmanager
+def registry_quiet() -> Iterator[None]:
+    """MLflow's registry says "Successfully registered model ..." and "Created version ..." on stderr for every
+    version (its own stream, not a logger): kept back for the block; the run and the summary say what was
+    registered."""
+    from mlflow.utils import logging_utils  # noqa: PLC0415
+
+    saved, logging_utils.MLFLOW_LOGGING_STREAM = logging_utils.MLFLOW_LOGGING_STREAM, io.StringIO()
+    try:
+        yield
+    finally:
+        logging_utils.MLFLOW_LOGGING_STREAM = saved

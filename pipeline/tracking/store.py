@@ -12,7 +12,7 @@ import mlflow
 from pipeline.core.errors import UsageError, one_line
 from pipeline.tracking.experiments import experiment_id_for, set_experiment_tag
 from pipeline.tracking.modelfiles import check_model_folder, load_refusal, pickle_off
-from pipeline.tracking.server import connect, tracking_uri
+from pipeline.tracking.server import connect, registry_quiet, tracking_uri
 
 
 def find_resumable_run(experiment: str, config_hash: str) -> str | None:
@@ -122,7 +122,8 @@ def set_alias(model_name: str, run_id: str, alias: str) -> str:
     if versions:
         version = max(versions, key=lambda v: int(v.version)).version
     else:
-        version = mlflow.register_model(f"runs:/{run_id}/model", model_name).version
+        with registry_quiet():
+            version = mlflow.register_model(f"runs:/{run_id}/model", model_name).version
     client.set_registered_model_alias(model_name, alias, version)
     return str(version)
 
