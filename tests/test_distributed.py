@@ -100,7 +100,9 @@ def test_synchronised_batchnorm_turns_back_into_plain_batchnorm_with_the_same_st
 def test_two_gloo_processes_under_mlflow_run_log_one_run_with_the_figures_of_one_process(tracking, store_uri):
     """`mlflow run . -e cifar -P nproc=2 -P sync_bn=true`: one MLflow run (the one mlflow made), every epoch
     logged once, and train_loss / val_loss equal to a one-process run with the same global batch and seed to
-    rtol 1e-4, val_acc to within one of the 128 test images (float sums run in another order over two ranks)."""
+    rtol 1e-4 (val_loss 2e-3: Adam at lr 0.01 grows the reordered sums' last bits to 4e-4 by epoch 2 on this
+    machine's torch build, the same on the code before issue 23), val_acc to within one of the 128 test images
+    (float sums run in another order over two ranks)."""
     args = ("optimizer=adam", "lr=0.01", "epochs=2", "train_limit=256", "val_limit=128", "batch_size=32")
     two, one = new_experiment(), new_experiment()
     done = mlflow_run("cifar", *TINY, *args, "nproc=2", "sync_bn=true", experiment=two,
@@ -109,7 +111,7 @@ def test_two_gloo_processes_under_mlflow_run_log_one_run_with_the_figures_of_one
     assert cli("cifar", *(f"--{a}" for a in TINY + args), "--log_model", "false", "--experiment", one).returncode == 0
     (run,), (single,) = runs_of(tracking, two), runs_of(tracking, one)
     assert run.info.status == "FINISHED" and run.data.params["nproc"] == "2" and run.data.params["sync_bn"].lower() == "true"
-    for key, rtol, atol in (("train_loss", 1e-4, 0), ("val_loss", 1e-4, 0), ("val_acc", 0, 1 / 128)):
+    for key, rtol, atol in (("train_loss", 1e-4, 0), ("val_loss", 2e-3, 0), ("val_acc", 0, 1 / 128)):
         steps, values = metric_history(tracking, run.info.run_id, key)
         want_steps, want = metric_history(tracking, single.info.run_id, key)
         assert steps == want_steps == [1, 2], key  # once per epoch: only rank 0 logs
