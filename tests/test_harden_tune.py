@@ -424,7 +424,7 @@ def test_with_a_gpu_each_the_workers_train_to_the_end_however_long(tracking, sto
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0 and "warning" not in err, err[-3000:]
     runs = runs_of(tracking, experiment)
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status, r.data.tags.get("error", "")) for r in runs]
     done_by = {r.data.tags["worker"] for r in runs if r.data.tags.get("role") in ("trial", "seed")}
     assert {int(worker.rsplit(":", 1)[1]) for worker in done_by} == workers
 
