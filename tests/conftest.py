@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -106,6 +107,13 @@ def metric_history(client, run_id: str, key: str):
 
     points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
     return [m.step for m in points], np.array([m.value for m in points])
+
+
+def interruptible() -> None:
+    """A child's preexec_fn: SIGINT as a terminal's command has it. A job a shell starts in the background (`make
+    test &`, as CI may be) inherits SIGINT ignored: Python then never raises KeyboardInterrupt, and bash cannot
+    trap it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def new_experiment() -> str:

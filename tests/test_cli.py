@@ -8,7 +8,7 @@ import sys
 
 import mlflow
 import pytest
-from conftest import REPO, SHARED_SUBSET, cli, new_experiment, runs_of
+from conftest import REPO, SHARED_SUBSET, cli, interruptible, new_experiment, runs_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,19 +93,13 @@ def test_hostile_params_never_crash_the_process_or_run_as_code(case, store, tmp_
     _check_outcome(done, folder)
 
 
-def _interruptible() -> None:
-    """In the child: SIGINT as a terminal sends it. A job started in the background by a shell (as CI may be)
-    inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_is_one_line_exit_130_and_the_run_is_killed(tracking, tmp_path):
     experiment = new_experiment()
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "cifar", *FIXED["cifar"][:-1], "false", "--epochs", "200",
          "--train_limit", "256", "--experiment", experiment],
         cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, preexec_fn=_interruptible)
+        text=True, preexec_fn=interruptible)
     for line in process.stdout:
         if "epoch 2/200:" in line:
             process.send_signal(signal.SIGINT)

@@ -16,7 +16,8 @@ import psutil
 import pytest
 import torch
 from cifar_files import write_cifar_batches
-from conftest import REPO, SHARED_SUBSET, artifact_files, cli, mlflow_run, new_experiment, runs_of
+from conftest import (REPO, SHARED_SUBSET, artifact_files, cli, interruptible, mlflow_run, new_experiment,
+                      runs_of)
 
 from pipeline.config.tasks import build_config
 from pipeline.landscape.plane import RECORD_PER_EPOCH, Recorder
@@ -297,18 +298,12 @@ def test_bench_servers_end_with_their_process_group_on_sigterm(tmp_path):
             process.kill()
 
 
-def _as_from_a_terminal() -> None:
-    """In the child: SIGINT as a terminal's command has it (`make test &` would pass it on ignored, and bash cannot
-    trap a signal it starts with ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_grouped_sh_takes_its_command_s_whole_group_down(tmp_path, sig):
     """What `make ui` runs the UI under (and scripts/server.sh its server): the command and its children."""
     process = subprocess.Popen(["bash", str(REPO / "scripts" / "grouped.sh"), "bash", "-c",
                                 "sleep 300 & sleep 300 & wait"], stdin=subprocess.DEVNULL,
-                               preexec_fn=_as_from_a_terminal)
+                               preexec_fn=interruptible)
     started = _wait_for_descendants(process.pid, 3, timeout_s=20)
     groups = {os.getpgid(p.pid) for p in started}
     process.send_signal(sig)

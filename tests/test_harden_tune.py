@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from conftest import REPO, SHARED_SUBSET, cli, new_experiment, runs_of
+from conftest import REPO, SHARED_SUBSET, cli, interruptible, new_experiment, runs_of
 from servers import free_port, postgres_or_skip
 from test_tune import _storage
 
@@ -266,17 +266,12 @@ def test_two_commands_started_together_share_one_parent(tracking, store_uri):
 
 # 4, 5. Ctrl-C and SIGTERM with two workers ------------------------------------------------------------------------
 
-def _interruptible() -> None:
-    """In the child: SIGINT as a terminal sends it (a background job inherits it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _start_tune(store_uri: str, experiment: str) -> subprocess.Popen:
     """A two-worker toy tune with trials of some seconds, in a process group of its own (as a terminal's job)."""
     return subprocess.Popen([sys.executable, "-m", "pipeline", "tune", *LONG_TRIALS, "--experiment", experiment],
                             cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": store_uri, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=_interruptible)
+                            preexec_fn=interruptible)
 
 
 def _both_at_work(client, experiment: str, process: subprocess.Popen) -> set[int]:
