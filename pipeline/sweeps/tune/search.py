@@ -77,9 +77,12 @@ def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[optuna.Study, F
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                return optuna.storages.RDBStorage(target, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                                                  grace_period=GRACE_BEATS * heartbeat_s,
-                                                  heartbeat_stale_trial_callback=on_stale)
+                storage = optuna.storages.RDBStorage(target, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                                                     grace_period=GRACE_BEATS * heartbeat_s,
+                                                     heartbeat_stale_trial_callback=on_stale)
+                if url.startswith("sqlite"):
+                    _one_transaction_at_a_time(storage.engine)
+                return storage
             except (IntegrityError, ProgrammingError) as error:
                 if attempt + 1 == SCHEMA_TRIES:
                     raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
@@ -93,6 +96,23 @@ def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[optuna.Study, F
             except Exception as error:  # noqa: BLE001 - any driver's error: the user's URL or database
                 raise UsageError(f"storage: cannot open {redacted(url)} ({one_line(error)})") from None
     raise AssertionError("unreachable")
+
+
+def _one_transaction_at_a_time(engine: Any) -> None:
+    """SQLite transactions that take the write lock as they begin. Python's sqlite3 begins one only at the first
+    write, so Optuna's read-then-write steps (take a waiting trial, fail a stale one) ran in two processes at once
+    and both took the same trial: one told it, the other found it COMPLETE. (PostgreSQL locks the row it reads.)"""
+    from sqlalchemy import event  # noqa: PLC0415
+
+    @event.listens_for(engine, "connect")
+    def _connect(connection: Any, _record: Any) -> None:
+        connection.isolation_level = None  # SQLAlchemy says when a transaction begins, not the driver
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections Optuna opened to create its tables begin the old way
 
 
 def _reason(error: Exception) -> str:
