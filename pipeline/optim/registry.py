@@ -216,6 +216,13 @@ def fast_kwargs(spec: OptimizerSpec) -> dict[str, bool]:
     return {"foreach": True} if "foreach" in accepted else {}
 
 
+def preload() -> None:
+    """Import now what torch.optim imports when it builds its first optimizer (torch._dynamo: 1-3 s on a CPU): a
+    command's workers do it as they start, not in their first trial, whose timing it would swell and where a
+    Ctrl-C would land inside the import (the interpreter then ends by SIGINT, not exit 130)."""
+    import torch._dynamo  # noqa: F401, PLC0415
+
+
 def build_optimizer(settings: OptimizerSettings, params: Iterable[torch.nn.Parameter] | Iterable[dict],
                     fast: bool = False, rows: bool = False) -> torch.optim.Optimizer:
     """Build the optimizer over `params` (in the model's registration order: Muon splits them by place) from

@@ -18,6 +18,7 @@ from pipeline.config.tasks import logged_params
 from pipeline.config.tune import StudyPlan, TuneConfig
 from pipeline.core.errors import EXIT_DIVERGED
 from pipeline.core.progress import Counter
+from pipeline.optim.registry import preload
 from pipeline.sweeps.tune import batch, search
 from pipeline.training.hooks import RunHooks
 from pipeline.training.loop import StopTraining
@@ -70,6 +71,7 @@ class Worker:
         self.studies: dict[tuple[str, str], optuna.Study] = {}
         self.parents: dict[str, tracking.Run] = {}
         self.cifar = cifar  # (arrays, device): given, or loaded on the first cifar trial
+        preload()  # before the first trial, where a Ctrl-C would land in the middle of an import
 
     @property
     def bounds(self) -> search.Bounds:
