@@ -17,6 +17,7 @@ from pipeline.config.train import TrainConfig
 from pipeline.core.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.optim.registry import SplitOptimizer, build_optimizer
 from pipeline.optim.schedulers import build_scheduler
+from pipeline.training.hooks import RunHooks
 from pipeline.training.loop import FitState, Member, Precision, StopTraining, fit
 from pipeline.workloads.cifar.data import BATCHES_DIR
 from pipeline.workloads.spec import Workload, WorkloadData
@@ -48,14 +49,18 @@ def cifar_config(cfg: TrainConfig, budget: dict):
                                      for key, value in settings.items() if value is not None}})
 
 
-def _on_eval(run: tracking.Run, cfg: TrainConfig, steps: int):
-    """Log each evaluation at its step, print one line, stop past max_seconds."""
+def _on_eval(run: tracking.Run, cfg: TrainConfig, steps: int, hooks: RunHooks, quiet: bool):
+    """Log each evaluation at its step, print one line (unless quiet), stop past max_seconds; then the hook's
+    call (a tune trial's pruner may stop the run there)."""
     def on_epoch(epoch: int, metrics: dict, confusion: torch.Tensor, state: FitState) -> None:
         run.log_metrics({**metrics, "train_seconds": state.train_seconds}, step=state.steps)
         shown = " ".join(f"{key} {metrics[key]:.4g}" for key in ("train_loss", "val_loss", "val_acc") if key in metrics)
-        print(f"step {state.steps}/{steps}: {shown} ({state.train_seconds:.0f} s)", flush=True)
+        if not quiet:
+            print(f"step {state.steps}/{steps}: {shown} ({state.train_seconds:.0f} s)", flush=True)
         if cfg.max_seconds and state.train_seconds >= cfg.max_seconds:
             raise StopTraining(f"max_seconds={cfg.max_seconds:g} reached after {state.steps} steps")
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(epoch, metrics)
     return on_epoch
 
 
@@ -72,13 +77,15 @@ def _log_model(run: tracking.Run, workload: Workload, model: torch.nn.Module, da
         run.log_file(Path(scratch) / "model.json", "model")
 
 
-def _finish(run: tracking.Run, cfg: TrainConfig, workload: Workload, state: FitState, model, data) -> int:
+def _finish(run: tracking.Run, cfg: TrainConfig, workload: Workload, state: FitState, model, data,
+            quiet: bool = False) -> int:
     target = workload.target
     reached = state.time_to_target is not None
     run.set_tags({"diverged": str(bool(state.diverged)).lower(), "target_reached": str(reached).lower(),
                   "stopped": state.stopped})
     if state.diverged:
-        print(f"error: {workload.name} diverged: {state.diverged}")
+        if not quiet:
+            print(f"error: {workload.name} diverged: {state.diverged}")
         run.fail(state.diverged)
         return EXIT_DIVERGED
     final = {f"best_{target.metric}": state.best_score, "steps": state.steps, "train_seconds": state.train_seconds}
@@ -89,13 +96,16 @@ def _finish(run: tracking.Run, cfg: TrainConfig, workload: Workload, state: FitS
         _log_model(run, workload, model, data)
     when = f"reached {target.metric} {'>=' if target.direction == 'max' else '<='} {target.value:g} after " \
            f"{state.time_to_target:.0f} s" if reached else f"did not reach {target.metric} {target.value:g}"
-    print(f"{cfg.optimizer} on {workload.name}: best {target.metric} {state.best_score:.4f}; {when} "
-          f"(run {run.run_id})")
+    if not quiet:
+        print(f"{cfg.optimizer} on {workload.name}: best {target.metric} {state.best_score:.4f}; {when} "
+              f"(run {run.run_id})")
     return EXIT_OK
 
 
-def run_steps(cfg: TrainConfig, workload: Workload, parent: tracking.Run | None = None) -> tuple[str, int]:
-    """A step-trained workload: data and model first (a problem is one line before any run), then one run."""
+def run_steps(cfg: TrainConfig, workload: Workload, parent: tracking.Run | None = None, hooks: RunHooks = RunHooks(),
+              quiet: bool = False) -> tuple[str, int]:
+    """A step-trained workload: data and model first (a problem is one line before any run), then one run;
+    `hooks` add tags, a name and calls (a tune's trial), `quiet` keeps its lines back."""
     device = cifar.resolve_device(cfg.device)
     budget = cfg.resolved_budget(device.type == "cuda")
     every = min(budget["eval_every"], budget["steps"])
@@ -105,18 +115,23 @@ def run_steps(cfg: TrainConfig, workload: Workload, parent: tracking.Run | None 
     epochs = math.ceil(budget["steps"] / every)
     scheduler = build_scheduler(budget["scheduler"], optimizer, epochs * every)
     split = {k: str(v) for k, v in optimizer.counts().items()} if isinstance(optimizer, SplitOptimizer) else {}
-    tags = {"task": "train", "workload": workload.name, "optimizer": cfg.optimizer, "budget": budget["name"]}
-    with tracking.open_run(cfg.experiment, f"{cfg.optimizer}-{workload.name}", tags, parent=parent) as run:
+    tags = {"task": "train", "workload": workload.name, "optimizer": cfg.optimizer, "budget": budget["name"],
+            **hooks.tags}
+    with tracking.open_run(cfg.experiment, hooks.name or f"{cfg.optimizer}-{workload.name}", tags,
+                           parent=parent) as run:
+        hooks.opened(run)
         run.log_params({**as_params(cfg), **{f"budget_{k}": str(v) for k, v in budget.items()}, **split,
                         "parameters": str(sum(p.numel() for p in model.parameters()))})
-        print(f"train: {cfg.optimizer} on {workload.name}, {budget['name']} budget: {budget['steps']} steps of "
-              f"{budget['batch_size']}, evaluated every {every}, on {device.type}", flush=True)
+        if not quiet:
+            print(f"train: {cfg.optimizer} on {workload.name}, {budget['name']} budget: {budget['steps']} steps "
+                  f"of {budget['batch_size']}, evaluated every {every}, on {device.type}", flush=True)
         began = time.perf_counter()
         state = fit([Member(model, optimizer, scheduler)], data.train, data.val, epochs,
                     Precision(device, bf16=device.type == "cuda"), workload.target,
-                    [_on_eval(run, cfg, epochs * every)], show_progress=False, objective=workload.objective)[0]
+                    [_on_eval(run, cfg, epochs * every, hooks, quiet)], show_progress=False,
+                    objective=workload.objective)[0]
         run.log_metrics({"wall_seconds": time.perf_counter() - began}, step=state.steps)
-        return run.run_id, _finish(run, cfg, workload, state, model, data)
+        return run.run_id, _finish(run, cfg, workload, state, model, data, quiet)
 
 
 def main(cfg: TrainConfig) -> int:

@@ -23,9 +23,9 @@ from pipeline.core.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
 from pipeline.core.progress import Counter
 from pipeline.core.signals import stopped_by_signals
 from pipeline.sweeps.summary import parent_name
-from pipeline.sweeps.tune import claim, search
+from pipeline.sweeps.tune import claim, search, trained
 from pipeline.sweeps.tune.report import collect, report
-from pipeline.sweeps.tune.worker import RunIds, Worker, cifar_inputs, enqueue_default, on_stale
+from pipeline.sweeps.tune.worker import RunIds, Worker, enqueue_default, on_stale
 
 READY_TIMEOUT_S = 120  # how long the first worker waits for the others to start (each imports torch first)
 JOIN_TIMEOUT_S = 300  # how long a command waits for another, alive, that is creating the MLflow runs
@@ -41,7 +41,7 @@ def storage_url(cfg: TuneConfig) -> str:
 
 
 def _parent_params(cfg: TuneConfig) -> dict[str, str]:
-    own = {k: v for k, v in as_params(cfg).items() if k != "children"}
+    own = {k: v for k, v in as_params(cfg).items() if k not in ("children", "skipped")}
     base = [as_params(plan.base) for plan in cfg.children]
     shared = {k: v for k, v in base[0].items() if all(b.get(k) == v for b in base) and k not in own}
     return {**shared, **own, "optimizers": ",".join(dict.fromkeys(p.optimizer for p in cfg.children)),
@@ -52,9 +52,9 @@ def _parent_params(cfg: TuneConfig) -> dict[str, str]:
 def create_runs(cfg: TuneConfig, token: str) -> RunIds:
     """The parent run and one child per (optimizer, workload), left RUNNING for the workers; each tagged with
     `token` (tag `tune_attempt`), so that a command that dies while creating them leaves none nobody can find."""
-    tags = {"task": "tune", "tune_task": cfg.task, "tune_key": cfg.key(), ATTEMPT_TAG: token}  # `sweeps`: below
+    tags = {"task": "tune", "tune_task": cfg.kind, "tune_key": cfg.key(), ATTEMPT_TAG: token}  # `sweeps`: below
     optimizers = len({plan.optimizer for plan in cfg.children})
-    name = parent_name("tune", cfg.task, optimizers, time.time(), f"-{cfg.trials}x{cfg.seeds}")
+    name = parent_name("tune", cfg.kind, optimizers, time.time(), f"-{cfg.trials}x{cfg.seeds}")
     with tracking.open_run(cfg.experiment, name, tags, keep_running=True) as parent:
         parent.log_params(_parent_params(cfg))
         parent.set_tags({tracking.SWEEPS_TAG: parent.run_id})
@@ -155,7 +155,7 @@ def worker_count(cfg: TuneConfig) -> int:
     """workers=0: one worker per visible GPU for cifar on a machine with several, else one."""
     if cfg.workers:
         return cfg.workers
-    gpus = _visible_gpus() if cfg.task == "cifar" else []
+    gpus = _visible_gpus() if cfg.kind != "toy" else []
     return len(gpus) if len(gpus) > 1 else 1
 
 
@@ -166,7 +166,7 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: 
     (CUDA_VISIBLE_DEVICES), and this one only waits. Otherwise this one starts once the others are ready, so
     that workers started together split each study's trials between them."""
     progress = progress or Counter()
-    devices = gpu_plan(cfg.workers, _visible_gpus() if cfg.workers > 1 and cfg.task == "cifar" else [])
+    devices = gpu_plan(cfg.workers, _visible_gpus() if cfg.workers > 1 and cfg.kind != "toy" else [])
     here = devices[0] is None  # no GPU split: this process is worker 0
     extra = _start_workers(cfg, ids, url, list(enumerate(devices[1:] if here else devices, start=1 if here else 0)),
                            progress.shared)
@@ -255,18 +255,22 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     table in Markdown, one line per workload saying who wins at default settings and who wins tuned)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cfg = dataclasses.replace(cfg, workers=worker_count(cfg))
-    cifar = cifar_inputs(cfg) if cfg.task == "cifar" else None  # no data, no device: one line before any run
+    for workload, optimizer, why in cfg.skipped:
+        print(f"note: {optimizer} is left out on {workload}: {why}")
+    # no data, no device: one line before any run
+    cifar = trained.cifar_inputs(cfg.children[0].base) if cfg.kind == "cifar" else \
+        trained.workload_inputs(cfg) if cfg.kind == "train" else None
     url = storage_url(cfg)
     storage = search.open_storage(url, cfg.heartbeat_s, on_stale)
     ids = join(cfg, storage)
-    print(f"tune {cfg.task}: {len(cfg.children)} studies (optimizer x workload), {cfg.trials} trials and "
+    print(f"tune {cfg.kind}: {len(cfg.children)} studies (optimizer x workload), {cfg.trials} trials and "
           f"{cfg.seeds} seeds each, {cfg.workers} worker(s) here; storage {search.redacted(url)}; tune run "
           f"{ids.parent}", flush=True)
-    total = len(cfg.children) * (cfg.trials + 1 + cfg.seeds)
+    total = len(cfg.children) * (cfg.trials + cfg.seeds)  # the default setting is trial 0 of the K
     counter = Counter(multiprocessing.get_context("spawn").Value("i", 0))
-    with tracking.open_run(cfg.experiment, f"tune-{cfg.task}", run_id=ids.parent) as parent:
+    with tracking.open_run(cfg.experiment, f"tune-{cfg.kind}", run_id=ids.parent) as parent:
         try:
-            with progress.bar(f"tune {cfg.task}", total, counter, "trial",
+            with progress.bar(f"tune {cfg.kind}", total, counter, "trial",
                               initial=Worker(cfg, ids, storage).counted()):
                 run_workers(cfg, ids, url, storage, cifar, counter)
         except KeyboardInterrupt:  # the parent ends KILLED with its block; the per-optimizer runs too

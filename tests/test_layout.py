@@ -17,7 +17,7 @@ LAYERS = [
     {"compare", "tune"},
     {"sweeps.tune.report"},
     {"sweeps.tune.ruling"},
-    {"sweeps.tune.worker", "sweeps.workloads"},
+    {"sweeps.tune.worker", "sweeps.tune.trained", "sweeps.workloads"},
     {"train"},
     {"toy", "cifar", "predict", "training.nproc"},
     {"training.runlog", "landscape.report"},

@@ -4,6 +4,7 @@ spectrum, Muon splits the transformer as its authors do; `train` runs the step w
 and refuses a bad name in one line; `predict` continues a prompt with a logged language model."""
 import copy
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,50 @@ def test_compare_runs_every_optimizer_on_every_workload_under_one_parent(trackin
         assert run.data.metrics["steps"] == 20
         score = run.data.metrics["best_val_loss" if run.data.tags["workload"] == "quadratic_deep" else "best_val_acc"]
         assert f"{score:.4f}" in done.stdout and f"{score:.4f}" in summary
+
+
+def test_tune_studies_every_optimizer_on_every_workload_each_by_its_own_target(tracking, monkeypatch, tmp_path):
+    """tune workloads=...: one study per optimizer and workload, each ranked in its workload's direction (the
+    quadratic's val_loss down, the spirals' val_acc up), trial 0 the default, every run FINISHED or, diverged,
+    FAILED; Muon is left out where there is no hidden matrix, with a note."""
+    monkeypatch.chdir(REPO)
+    experiment = new_experiment()
+    done = cli("tune", "--workloads", "quadratic_deep,examples.spirals:workload", "--optimizers", "sgd,muon",
+               "--trials", "3", "--seeds", "2", "--steps", "20", "--eval_every", "10", "--experiment", experiment)
+    assert done.returncode == 0, done.stderr
+    assert "muon is left out on quadratic_deep" in done.stdout
+    runs = runs_of(tracking, experiment)
+    trials = [run for run in runs if run.data.tags.get("role") == "trial"]
+    seeds = [run for run in runs if run.data.tags.get("role") == "seed"]
+    pairs = [("quadratic_deep", "sgd"), ("spirals", "muon"), ("spirals", "sgd")]
+    for role, runs_in, count in (("trial", trials, 3), ("seed", seeds, 2)):
+        found = sorted((r.data.tags["workload"], r.data.tags["optimizer"]) for r in runs_in)
+        assert found == sorted(pairs * count), (role, found)
+    assert all(r.info.status == "FINISHED" or r.data.tags.get("diverged") == "true" for r in trials)
+    assert all(r.info.status == "FINISHED" and r.data.metrics["steps"] == 20 for r in seeds)
+    parent = next(run for run in runs if run.data.tags.get("task") == "tune")
+    children = {r.data.tags["optimizer"] + "-" + r.data.tags["workload"]: r.data.metrics for r in runs
+                if r.data.tags.get("role") == "optimizer"}
+    assert set(children) == {f"{o}-{w}" for w, o in pairs}
+    assert children["sgd-quadratic_deep"]["best_trial_score"] <= children["sgd-quadratic_deep"]["default_score"]
+    assert children["sgd-spirals"]["best_trial_score"] >= children["sgd-spirals"]["default_score"]
+    verdict = json.loads(Path(tracking.download_artifacts(parent.info.run_id, "verdict.json", str(tmp_path)))
+                         .read_text())
+    assert {w: (v["score_metric"], v["direction"]) for w, v in verdict["workloads"].items()} == \
+        {"quadratic_deep": ("val_loss", "min"), "spirals": ("val_acc", "max")}
+    for seed in seeds:  # a seed run's score is its last val metric, as the study was told
+        metric = "val_loss" if seed.data.tags["workload"] == "quadratic_deep" else "val_acc"
+        assert metric_history(tracking, seed.info.run_id, metric)[0] == [10, 20]
+
+
+@pytest.mark.parametrize("params,message", [
+    (("--workloads", "nope"), "unknown 'nope'"),
+    (("--workloads", "suite", "--models", "tiny_cnn"), "models: expected empty with workloads="),
+    (("--workloads", "quadratic_deep", "--pruner", "hyperband"), "with workloads= (hyperband"),
+    (("--workloads", "quadratic_deep", "--epochs", "x"), "epochs"),
+])
+def test_a_bad_tune_of_workloads_is_one_line_and_exit_2(params, message, tracking):
+    experiment = new_experiment()
+    done = cli("tune", *params, "--experiment", experiment)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert tracking.get_experiment_by_name(experiment) is None or not runs_of(tracking, experiment)

@@ -116,17 +116,27 @@ def _check_taken(passed: Mapping[str, str], names: list[str]) -> None:
 def _workload_sweep(config: CompareConfig, passed: dict[str, str], params_file: Path) -> CompareConfig:
     """One `train` config per workload and optimizer; pairs that cannot run (Muon on a workload without weight
     matrices) are left out, each with the reason."""
+    names = config.optimizer_list()
+    _check_taken(passed, names)
+    passed.pop("task", None)
+    children, skipped = workload_children(config.workloads, names, passed, config.experiment, params_file)
+    return dataclasses.replace(config, children=tuple(child for _, child in children), skipped=skipped)
+
+
+def workload_children(workloads: str, names: list[str], passed: Mapping[str, str], experiment: str,
+                      params_file: Path) -> tuple[list[tuple[str, Any]], tuple]:
+    """A sweep of workloads (compare, tune): ([(optimizer, train config)] per workload and optimizer, the pairs
+    left out as (workload, optimizer, why): Muon on a workload without hidden weight matrices)."""
     from pipeline.config.train import TrainConfig  # noqa: PLC0415
     from pipeline.workloads.registry import get_workload, workload_list  # noqa: PLC0415
 
-    names, children, skipped = config.optimizer_list(), [], []
-    _check_taken(passed, names)
-    passed.pop("task", None)
-    for workload in workload_list(config.workloads):
+    children, skipped = [], []
+    for workload in workload_list(workloads):
         for name in names:
             if get_spec(name).why_not_toy and not get_workload(workload).hidden_matrices:
                 skipped.append((workload, name, f"it updates hidden weight matrices and {workload} has none"))
                 continue
-            children.append(build_config("train", {**_accepted(passed, name), "workload": workload, "optimizer": name,
-                                                   "experiment": config.experiment}, params_file, cls=TrainConfig))
-    return dataclasses.replace(config, children=tuple(children), skipped=tuple(skipped))
+            children.append((name, build_config("train", {**_accepted(passed, name), "workload": workload,
+                                                          "optimizer": name, "experiment": experiment},
+                                                params_file, cls=TrainConfig)))
+    return children, tuple(skipped)

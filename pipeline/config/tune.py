@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.config.compare import _check_taken, optimizer_list, split_sweep
+from pipeline.config.compare import _check_taken, optimizer_list, split_sweep, workload_children
 from pipeline.config.tasks import PARAMS_FILE, TASKS, _check_experiment, build_config
 from pipeline.core.errors import UsageError
 from pipeline.core.values import require
@@ -28,16 +28,19 @@ SET_BY_TUNE = {"lr": "tune searches lr between lr_min and lr_max; set those inst
                "resume": "tune resumes by itself: run the same command again",
                "start": "toy trials score a batch of random starts (starts=N); seed runs plot one random start each"}
 # What does not change which study a command joins: the budget can grow, and workers come and go.
-NOT_IN_KEY = ("trials", "seeds", "workers", "storage", "heartbeat_s", "verbose", "children")
+NOT_IN_KEY = ("trials", "seeds", "workers", "storage", "heartbeat_s", "verbose", "children", "skipped")
+KINDS = ("toy", "cifar", "train")  # what a study's trials are: toy runs, cifar runs, or train runs of a workload
 
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """One optimizer on one workload (a toy function or a cifar model): an Optuna study of its own."""
+    """One optimizer on one workload (a toy function, a cifar model, or a workload of the registry): an Optuna
+    study of its own."""
 
     optimizer: str
     workload: str
-    base: Any  # the validated task config at the optimizer's defaults; trials and seeds replace lr, seed, ...
+    base: Any  # the validated toy, cifar or train config at the optimizer's defaults; trials and seeds replace
+    # lr, seed, ...
     dims: tuple[str, ...]  # the searched dimensions this optimizer takes
 
     @property
@@ -68,7 +71,9 @@ class TuneConfig:
     heartbeat_s: int  # seconds between a worker's heartbeats; silent for 3x this, its trial is failed and retried
     experiment: str
     verbose: bool  # a line per trial besides the progress bar
+    workloads: str  # names or the set suite: studies of train runs, each scored by its workload's target
     children: tuple = ()  # StudyPlan per (optimizer, workload), filled by build_tune
+    skipped: tuple = ()  # (workload, optimizer, why) pairs a tune of workloads leaves out
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"one of {', '.join(TASKS)}")
@@ -76,8 +81,8 @@ class TuneConfig:
         require(1 <= self.seeds <= 1000, "seeds", self.seeds, "an integer in [1, 1000]")
         require(self.sampler in SAMPLERS, "sampler", self.sampler, f"one of {', '.join(SAMPLERS)}")
         require(self.pruner in PRUNERS, "pruner", self.pruner, f"one of {', '.join(PRUNERS)}")
-        require(self.pruner == "none" or self.task == "cifar", "pruner", self.pruner,
-                "none for task=toy (hyperband prunes cifar trials on per-epoch val_acc)")
+        require(self.pruner == "none" or self.kind == "cifar", "pruner", self.pruner,
+                "none for task=toy and with workloads= (hyperband prunes cifar trials on per-epoch val_acc)")
         require(self.search_key() in SEARCHES, "search", self.search, f"one of {', '.join(SEARCHES)}")
         require(0 < self.lr_min < self.lr_max <= 1e30, "lr_min, lr_max", (self.lr_min, self.lr_max),
                 "0 < lr_min < lr_max <= 1e30")
@@ -87,11 +92,25 @@ class TuneConfig:
         require(0 <= self.workers <= 64, "workers", self.workers, "an integer in [0, 64] (0: one per visible GPU)")
         require(1 <= self.heartbeat_s <= 3600, "heartbeat_s", self.heartbeat_s, "an integer in [1, 3600]")
         _check_storage(self.storage)
-        require(not (self.task == "cifar" and self.functions.strip()), "functions", self.functions,
+        require(not (self.kind == "cifar" and self.functions.strip()), "functions", self.functions,
                 "empty for task=cifar (use models=...)")
-        require(not (self.task == "toy" and self.models.strip()), "models", self.models,
+        require(not (self.kind == "toy" and self.models.strip()), "models", self.models,
                 "empty for task=toy (use functions=...)")
+        for name in ("functions", "models"):
+            require(not (self.workloads.strip() and getattr(self, name).strip()), name, getattr(self, name),
+                    "empty with workloads= (each workload is its own study)")
         _check_experiment(self.experiment)
+
+    @property
+    def kind(self) -> str:
+        """What the trials are: toy or cifar runs (task=), or train runs of workloads (workloads=)."""
+        return "train" if self.workloads.strip() else self.task
+
+    def score_of(self, plan: StudyPlan) -> tuple[str, str]:
+        """(metric, direction) a study ranks its trials by: the toy gap, cifar's val_acc, or the workload's."""
+        if self.kind == "train":
+            return plan.base.spec.target.metric, plan.base.spec.target.direction
+        return ("val_acc", "max") if self.kind == "cifar" else ("score", "min")
 
     def search_key(self) -> str:
         return ",".join(sorted(part.strip() for part in self.search.split(",") if part.strip()))
@@ -102,11 +121,13 @@ class TuneConfig:
 
     def optimizer_list(self) -> list[str]:
         """The optimizers to tune, validated, without repeats, in the order given."""
-        return optimizer_list(self.optimizers, self.task)
+        return optimizer_list(self.optimizers, "cifar" if self.kind == "train" else self.task)
 
     def key(self) -> str:
         """What names this tune's studies: every setting that changes a score (not the budget, not workers)."""
         own = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_IN_KEY}
+        if not own["workloads"]:  # the key of a toy or cifar tune is what it was before workloads= existed
+            del own["workloads"]
         # `mlflow run --experiment-name/-id` chooses the experiment through the environment: a study per experiment
         own["experiment"] = os.environ.get("MLFLOW_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_NAME") or \
             self.experiment
@@ -156,10 +177,12 @@ def build_tune(overrides: Mapping[str, str] | None = None, params_file: Path = P
             raise UsageError(f"{key}: {why}")
     if "weight_decay" in config.dims and "weight_decay" in passed:
         raise UsageError("weight_decay: search=lr,weight_decay searches it; set weight_decay_min/_max instead")
-    if config.task == "cifar":
+    if config.kind == "cifar":
         passed.setdefault("register", "false")
     names = config.optimizer_list()
     _check_taken(passed, names)
+    if config.kind == "train":
+        return _workload_tune(config, names, passed, params_file)
     field = "function" if config.task == "toy" else "model"
     plans = []
     for name in names:
@@ -171,3 +194,13 @@ def build_tune(overrides: Mapping[str, str] | None = None, params_file: Path = P
                                               "experiment": config.experiment}, params_file)
             plans.append(StudyPlan(name, workload, base, dims))
     return dataclasses.replace(config, children=tuple(plans))
+
+
+def _workload_tune(config: TuneConfig, names: list[str], passed: dict[str, str], params_file: Path) -> TuneConfig:
+    """A study per optimizer and workload of train runs (a user's workload labelled by its spec's name)."""
+    passed.pop("task", None)
+    passed.setdefault("log_model", "false")  # trials and seed reruns are measurements, not models to serve
+    pairs, skipped = workload_children(config.workloads, names, passed, config.experiment, params_file)
+    plans = tuple(StudyPlan(name, base.spec.name, base, tuple(d for d in config.dims if d in get_spec(name).tunable))
+                  for name, base in pairs)
+    return dataclasses.replace(config, children=plans, skipped=skipped)

@@ -18,7 +18,9 @@ from pipeline.viz import tune as tune_figures
 from pipeline.workloads.toy import scores
 from pipeline.workloads.toy.functions import get_function
 
-SEED_METRICS = {"toy": ("score",), "cifar": ("val_acc", "train_loss")}
+SEED_METRICS = {"toy": ("score",), "cifar": ("val_acc", "train_loss"), "train": ("val_loss", "train_loss")}
+SCORES = {"toy": "mean f - f_min after steps", "cifar": "final val_acc",
+          "train": "each workload's target metric at the last evaluation"}
 TOY_TAU_MAX, CIFAR_TAU_MAX = 1e4, 4.0  # profiles run from tau 1 to these (AlgoPerf: 4)
 
 
@@ -43,20 +45,20 @@ def collect(cfg: TuneConfig, worker: Worker) -> list[StudyResult]:
         defaults = [t for t in trials if t.default and t.state == "complete"]
         seeds = sorted((t for t in _records(worker, plan, "seeds") if t.state == "complete"), key=lambda t: t.seed)
         times = []
-        if cfg.task == "cifar":
+        if cfg.kind != "toy":
             for seed in seeds:
                 reached = tracking.fetch_run(seed.run_id, ("time_to_target",))["metrics"]["time_to_target"]
                 times += [value for _, value in reached[-1:]]
         results.append(StudyResult(plan.optimizer, plan.workload, plan.base.optimizer_settings.kwargs["lr"],
                                    trials, defaults[0] if defaults else None, seeds,
-                                   cfg.task == "cifar", tuple(times)))
+                                   cfg.score_of(plan)[1] == "max", tuple(times), timed=cfg.kind != "toy"))
     return results
 
 
 def _seed_bands(cfg: TuneConfig, results: list[StudyResult], metric: str) -> dict:
     """Panel title -> optimizer -> (x, mean, min, max) over the seed runs' histories of `metric`."""
     panels: dict[str, dict] = {}
-    keys = (metric, "epoch_time") if cfg.task == "cifar" else (metric,)
+    keys = (metric, "epoch_time") if cfg.kind == "cifar" else (metric,)
     for result in results:
         histories = [tracking.fetch_run(seed.run_id, keys)["metrics"] for seed in result.seeds]
         curves = [np.array([v for _, v in h[metric]]) for h in histories if h[metric]]
@@ -64,10 +66,10 @@ def _seed_bands(cfg: TuneConfig, results: list[StudyResult], metric: str) -> dic
             continue
         length = min(len(c) for c in curves)
         band = tune_results.band(curves)
-        axis = "epoch" if cfg.task == "cifar" else "step"
-        steps = np.arange(1, length + 1) if cfg.task == "cifar" else np.arange(length)
+        axis = {"cifar": "epoch", "toy": "step"}.get(cfg.kind, "evaluation")
+        steps = np.arange(1, length + 1) if cfg.kind != "toy" else np.arange(length)
         panels.setdefault(f"{result.workload}: {metric} against {axis}", {})[result.optimizer] = (steps, *band)
-        if cfg.task == "cifar":
+        if cfg.kind == "cifar":
             seconds = np.stack([np.cumsum([v for _, v in h["epoch_time"]][:length]) for h in histories
                                 if len(h["epoch_time"]) >= length]).mean(0)
             panels.setdefault(f"{result.workload}: {metric} against training seconds", {})[result.optimizer] = (
@@ -106,27 +108,27 @@ def _log_children(results: list[StudyResult], ids: RunIds, cfg: TuneConfig) -> l
 def report(cfg: TuneConfig, parent: tracking.Run, ids: RunIds, results: list[StudyResult]) -> tuple[str, list[str]]:
     """Log everything; returns the Markdown table and the winners' lines."""
     table = _log_children(results, ids, cfg)
-    score = "final val_acc" if cfg.task == "cifar" else "mean f - f_min after steps"
-    markdown = as_markdown(table, f"tune {cfg.task}: {cfg.trials} trials, {cfg.seeds} seeds per optimizer "
+    score = SCORES[cfg.kind]
+    markdown = as_markdown(table, f"tune {cfg.kind}: {cfg.trials} trials, {cfg.seeds} seeds per optimizer "
                                   f"(score: {score})")
     parent.log_text(as_csv(table), "tuned.csv")
     parent.log_text(markdown, "tuned.md")
-    parent.log_figure(tune_figures.sensitivity_figure(tune_results.sensitivity(results), score, cfg.task == "toy"),
+    parent.log_figure(tune_figures.sensitivity_figure(tune_results.sensitivity(results), score, cfg.kind == "toy"),
                       "plots/lr_sensitivity.png")
-    for metric in SEED_METRICS[cfg.task]:
+    for metric in SEED_METRICS[cfg.kind]:
         panels = _seed_bands(cfg, results, metric)
         if panels:
-            log_y = metric in ("score", "train_loss")
+            log_y = metric in ("score", "train_loss") or cfg.kind == "train"
             parent.log_figure(tune_figures.seeds_figure(panels, metric, log_y), f"plots/seeds_{metric}.png")
     if len({r.workload for r in results}) > 1:
-        floor = cfg.children[0].base.tolerance if cfg.task == "toy" else 1e-9
-        tau_max = TOY_TAU_MAX if cfg.task == "toy" else CIFAR_TAU_MAX
+        floor = cfg.children[0].base.tolerance if cfg.kind == "toy" else 1e-9
+        tau_max = TOY_TAU_MAX if cfg.kind == "toy" else CIFAR_TAU_MAX
         taus = np.geomspace(1.0, tau_max, 200)
-        what = "gap to f_min" if cfg.task == "toy" else "error rate"
+        what = {"toy": "gap to f_min", "cifar": "error rate"}.get(cfg.kind, "error rate or loss")
         parent.log_figure(tune_figures.profile_figure(taus, tune_results.profiles(tune_results.costs(results, floor), taus),
-                                                   f"tau: {what} within this factor of the best", cfg.task == "toy"),
+                                                   f"tau: {what} within this factor of the best", cfg.kind == "toy"),
                           "plots/performance_profile.png")
-    if cfg.task == "toy":
+    if cfg.kind == "toy":
         parent.log_figure(tune_figures.basins_figure(*_basins(cfg, results)), "plots/basins.png")
     verdict_md, lines = ruling.rule(cfg, parent, ids, results)
     lines = [*tune_results.winner_lines(results), *lines]

@@ -33,8 +33,9 @@ class StudyResult:
     trials: Sequence[TrialRecord]
     default: TrialRecord | None
     seeds: Sequence[TrialRecord]
-    maximize: bool  # cifar: val_acc, higher is better; toy: the gap, lower is better
+    maximize: bool  # cifar: val_acc, higher is better; toy: the gap, lower is better; a workload: its target's
     time_to_target: Sequence[float] = field(default_factory=tuple)  # seed runs that reached the target (s)
+    timed: bool | None = None  # its runs have a training clock (time_to_target); None: as maximize (cifar, toy)
 
     @property
     def label(self) -> str:
@@ -80,7 +81,7 @@ def row(result: StudyResult) -> dict[str, Any]:
             "seeds": len(result.seed_scores),
             **({"time_to_target_median": statistics.median(times) if times else math.nan,
                 "time_to_target_range": f"{times[0]:.4g}-{times[-1]:.4g}" if times else "-"}
-               if result.maximize else {}),  # cifar only: a toy run has no training clock
+               if (result.maximize if result.timed is None else result.timed) else {}),  # a toy run has no clock
             "trials_completed": result.counted("complete"), "trials_pruned": result.counted("pruned"),
             "trials_failed": result.counted("fail"), "best_trial": best.number if best else "-"}
 
@@ -127,7 +128,8 @@ def sensitivity(results: Sequence[StudyResult]) -> dict[str, dict[str, list[tupl
     lines: dict[str, dict[str, list[tuple[float, float, bool]]]] = {}
     for r in results:
         points = [(t.params["lr"], t.value, t.state == "pruned") for t in r.trials
-                  if t.state in ("complete", "pruned") and t.value is not None and "lr" in t.params]
+                  if t.state in ("complete", "pruned") and t.value is not None and math.isfinite(t.value)
+                  and "lr" in t.params]
         lines.setdefault(r.workload, {})[r.optimizer] = sorted(points)
     return lines
 

@@ -17,15 +17,16 @@ from pipeline.sweeps.tune.worker import RunIds
 from pipeline.viz import verdict as verdict_figures
 
 
-def _direction(cfg: TuneConfig) -> tuple[str, str]:
-    return ("val_acc", "max") if cfg.task == "cifar" else ("score", "min")
+def _scores(cfg: TuneConfig) -> dict[str, tuple[str, str]]:
+    """workload -> (metric, direction) its studies rank by."""
+    return {plan.workload: cfg.score_of(plan) for plan in cfg.children}
 
 
 def judge(cfg: TuneConfig, results: list[StudyResult]) -> tuple[dict, dict, dict]:
     """(workload -> Verdict, workload -> optimizer -> trial 0's score, workload -> optimizer -> budget curve)."""
-    metric, direction = _direction(cfg)
     per_workload, defaults, curves = {}, {}, {}
     for workload in dict.fromkeys(r.workload for r in results):
+        metric, direction = _scores(cfg)[workload]
         mine = [r for r in results if r.workload == workload]
         rows = [verdict.seed_row(r.optimizer, [s.value for s in r.seeds], [s.run_id for s in r.seeds]) for r in mine]
         per_workload[workload] = verdict.judge(rows, metric, direction)
@@ -46,7 +47,7 @@ def times(results: list[StudyResult]) -> dict[str, dict[str, float]]:
 
 def _profile(cfg: TuneConfig, parent: tracking.Run, results: list[StudyResult], ids: RunIds) -> dict[str, float]:
     """profile_score on each optimizer's runs and plots/profile_time.png, when two or more workloads have times."""
-    if cfg.task != "cifar" or len({r.workload for r in results}) < 2:
+    if cfg.kind == "toy" or len({r.workload for r in results}) < 2:
         return {}
     measured = times(results)
     profile = verdict.profile_score(measured)
@@ -73,12 +74,14 @@ def rule(cfg: TuneConfig, parent: tracking.Run, ids: RunIds, results: list[Study
     """Log the verdict on the parent and its children; returns verdict.md and its decision lines."""
     per_workload, defaults, curves = judge(cfg, results)
     _log_rows(cfg, ids, per_workload)
-    metric, _ = _direction(cfg)
     for workload, by_optimizer in curves.items():
-        parent.log_figure(verdict_figures.budget_figure(by_optimizer, metric, workload), f"plots/budget_{workload}.png")
+        parent.log_figure(verdict_figures.budget_figure(by_optimizer, _scores(cfg)[workload][0], workload),
+                          f"plots/budget_{workload}.png")
     profile = _profile(cfg, parent, results, ids)
     device = getattr(cfg.children[0].base, "device", "cpu")
-    quick = cfg.task == "toy" or getattr(cfg.children[0].base, "train_limit", 0) > 0
+    base = cfg.children[0].base
+    quick = cfg.kind == "toy" or getattr(base, "train_limit", 0) > 0 or \
+        (cfg.kind == "train" and base.resolved_budget(_cuda())["name"] == "quick")
     markdown = verdict.verdict_markdown(per_workload, profile, defaults, curves, cfg.trials, cfg.seeds, quick,
                                         "cpu" if device == "auto" and not _cuda() else device)
     parent.log_text(markdown, "verdict.md")

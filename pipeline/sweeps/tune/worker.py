@@ -16,12 +16,10 @@ import optuna
 from pipeline import tracking
 from pipeline.config.tasks import logged_params
 from pipeline.config.tune import StudyPlan, TuneConfig
-from pipeline.core.errors import EXIT_DIVERGED
 from pipeline.core.progress import Counter
 from pipeline.optim.registry import preload
-from pipeline.sweeps.tune import batch, search
+from pipeline.sweeps.tune import batch, search, trained
 from pipeline.training.hooks import RunHooks
-from pipeline.training.loop import StopTraining
 from pipeline.workloads.toy import scores
 from pipeline.workloads.toy.functions import get_function
 
@@ -70,7 +68,9 @@ class Worker:
         self.progress = progress or Counter()  # finished trials, for the command's bar
         self.studies: dict[tuple[str, str], optuna.Study] = {}
         self.parents: dict[str, tracking.Run] = {}
-        self.cifar = cifar  # (arrays, device): given, or loaded on the first cifar trial
+        # cifar: (arrays, device); workloads: workload -> (arrays, device) of its CIFAR-10 data; given, or loaded
+        # on the first trial that needs them
+        self.inputs = cifar if cifar is not None else (None if cfg.kind == "cifar" else {})
         preload()  # before the first trial, where a Ctrl-C would land in the middle of an import
 
     @property
@@ -88,7 +88,7 @@ class Worker:
             epochs = getattr(plan.base, "epochs", 1)
             self.studies[key] = optuna.create_study(
                 storage=self.storage, study_name=self.cfg.study_name(plan, phase), load_if_exists=True,
-                direction="minimize" if self.cfg.task == "toy" else "maximize",
+                direction="maximize" if self.cfg.score_of(plan)[1] == "max" else "minimize",
                 sampler=search.make_sampler(self.cfg.sampler, plan.dims, self.bounds, self.cfg.trials,
                                             plan.base.seed),
                 pruner=search.make_pruner(self.cfg.pruner if phase == "trials" else "none", epochs))
@@ -128,7 +128,7 @@ class Worker:
     def run(self, plan: StudyPlan, phase: str, study: optuna.Study, budget: int) -> None:
         """A cifar trial, one at a time; toy trials in batches, as many as this worker's share of the study (one
         at a time for a sampler that learns from every score: tpe)."""
-        if self.cfg.task != "toy":
+        if self.cfg.kind != "toy":
             search.run_one(study, budget, self.objective(plan, phase))
             return
         batched = phase != "trials" or self.cfg.sampler in batch.BATCHED
@@ -158,14 +158,15 @@ class Worker:
                 print(f"{plan.label} {ROLES[phase]} {number}: {_point(cfg, plan)} -> score {value:.6g}", flush=True)
 
     def objective(self, plan: StudyPlan, phase: str) -> Callable[[optuna.trial.Trial], float]:
-        """One cifar trial of this phase, as an Optuna objective."""
+        """One trained trial of this phase (a cifar run, or a train run of a workload), as an Optuna objective."""
         def objective(trial: optuna.trial.Trial) -> float:
             cfg = self.setting(plan, phase, trial)
-            hooks = RunHooks(tags=self.tags(plan, phase, trial), name=run_name(plan, phase, cfg, trial.number,
-                                                                          bool(trial.user_attrs.get(DEFAULT_ATTR))),
+            tags = {**self.tags(plan, phase, trial), **({"seed": str(cfg.seed)} if phase == "seeds" else {})}
+            hooks = RunHooks(tags=tags, name=run_name(plan, phase, cfg, trial.number,
+                                                      bool(trial.user_attrs.get(DEFAULT_ATTR))),
                              on_open=lambda run: trial.set_user_attr("run_id", run.run_id))
             try:
-                score = self.cifar_score(plan, phase, cfg, trial, hooks)
+                score = self.score(plan, phase, cfg, trial, hooks)
             except (optuna.TrialPruned, KeyboardInterrupt):
                 raise
             except Exception as error:  # noqa: BLE001 - reported here, recorded FAILED by Optuna, the tune goes on
@@ -176,6 +177,14 @@ class Worker:
             return score
 
         return objective
+
+    def score(self, plan: StudyPlan, phase: str, cfg: Any, trial: optuna.trial.Trial, hooks: RunHooks) -> float:
+        """What a trained trial of config `cfg` scores (trained.py)."""
+        if self.cfg.kind == "train":
+            return trained.train_score(self.cfg, plan, cfg, self.inputs, self.parent(plan), hooks)
+        if self.inputs is None:
+            self.inputs = trained.cifar_inputs(self.cfg.children[0].base)
+        return trained.cifar_score(self.cfg, plan, phase, cfg, self.inputs, trial, self.parent(plan), hooks)
 
     def toy_batch(self, plan: StudyPlan, phase: str, trials: list, cfgs: list) -> list[float]:
         """A batch of toy trials: each the mean capped gap over `starts` random starts, descended together, and
@@ -234,35 +243,6 @@ class Worker:
             self.parents[plan.label] = tracking.existing_run(self.ids.children[plan.label])
         return self.parents[plan.label]
 
-    def cifar_score(self, plan: StudyPlan, phase: str, cfg: Any, trial: optuna.trial.Trial,
-                    hooks: RunHooks) -> float:
-        """Final val_acc of an ordinary cifar run (0 if it diverged); trials report each epoch to the pruner."""
-        from pipeline.cifar import run_cifar  # noqa: PLC0415
-
-        if self.cifar is None:
-            self.cifar = cifar_inputs(self.cfg)
-        last: dict[str, float] = {}
-
-        def on_epoch(epoch: int, metrics: dict) -> None:
-            last["val_acc"] = metrics["val_acc"]
-            if phase == "trials" and self.cfg.pruner != "none":
-                trial.report(metrics["val_acc"], epoch)
-                if epoch < cfg.epochs and trial.should_prune():
-                    last["pruned"] = epoch
-                    raise StopTraining(f"pruned by hyperband after epoch {epoch}")
-
-        tags = {**hooks.tags, **({"seed": str(cfg.seed)} if phase == "seeds" else {})}
-        _, code = run_cifar(cfg, *self.cifar, self.parent(plan), dataclasses.replace(hooks, tags=tags,
-                                                                                     on_epoch=on_epoch))
-        if code == EXIT_DIVERGED:
-            trial.set_user_attr("diverged", True)
-            return 0.0
-        if "pruned" in last:
-            if self.cfg.verbose:
-                print(f"{plan.label} trial {trial.number}: pruned after epoch {last['pruned']:.0f}", flush=True)
-            raise optuna.TrialPruned(f"val_acc {last['val_acc']:.4f}")
-        return float(last.get("val_acc", 0.0))
-
 
 def short_number(value: float) -> str:
     """2.1e-3 for 0.0021: a number for a run name, two significant figures, no exponent padding."""
@@ -276,14 +256,6 @@ def run_name(plan: StudyPlan, phase: str, cfg: Any, number: int, default: bool =
     if phase == "trials":
         return f"{plan.optimizer}-t{number:02d}-{'default-' if default else ''}lr{lr}"
     return f"{plan.optimizer}-seed{cfg.seed}"
-
-
-def cifar_inputs(cfg: TuneConfig) -> tuple:
-    """(arrays, device) every cifar trial of this tune trains on: missing data or device is a UsageError."""
-    from pipeline.cifar import load_data, resolve_device  # noqa: PLC0415
-
-    base = cfg.children[0].base
-    return load_data(base), resolve_device(base.device)
 
 
 def _score_steps(curve: Any) -> list:
