@@ -87,6 +87,42 @@ def test_a_tiny_cifar_run_and_its_model_are_stored_in_postgres(postgres_server):
     assert inputs == [(2,)]  # the train and test datasets (mlflow.log_input)
 
 
+def _log_the_same_params(url, run_ids, errors):
+    """One process's part: log the same 20 params to every run, as tune's report logs each child's."""
+    from pipeline.tracking.run import Run  # noqa: PLC0415
+
+    client, failed = mlflow.MlflowClient(url), []
+    for run_id in run_ids:
+        try:
+            Run(client, run_id, "0").log_params({f"p{index}": "same" for index in range(20)})
+        except mlflow.exceptions.MlflowException as error:
+            failed.append(str(error)[:200])
+    errors.put(failed)
+
+
+def test_processes_logging_the_same_params_to_a_run_at_once_all_succeed(postgres_server):
+    """Two tune commands that finish together both log each child's params. The store checks for a param, then
+    inserts it: two processes in between, and the later insert failed on PostgreSQL (duplicate key "param_pk"),
+    which ended that command with exit 2 (as CI once saw). 4 processes x 80 runs here: before, about 1 in 120
+    logs failed; now the later one reads the run again and finds its params there."""
+    import multiprocessing
+
+    url, _ = postgres_server
+    client = mlflow.MlflowClient(url)
+    experiment = client.create_experiment(new_experiment())
+    run_ids = [client.create_run(experiment).info.run_id for _ in range(80)]
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    workers = [context.Process(target=_log_the_same_params, args=(url, run_ids, errors)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    failed = [message for _ in workers for message in errors.get(timeout=300)]
+    for worker in workers:
+        worker.join()
+    assert failed == []
+    assert all(client.get_run(run_id).data.params == {f"p{i}": "same" for i in range(20)} for run_id in run_ids)
+
+
 def test_two_tune_commands_share_one_study_in_postgres(postgres_server):
     """Two `tune` commands, as on two machines: one PostgreSQL study storage, one tracking server. Each
     optimizer ends with exactly K counted trials, no trial ran twice, and both commands took trials."""

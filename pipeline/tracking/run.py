@@ -25,6 +25,8 @@ from pipeline.tracking.server import connect, is_store_error, refusals_as_usage_
 from pipeline.training.hooks import Step
 
 _BATCH = 1000  # MLflow accepts at most 1000 metrics in one log_batch call
+# How a store says that a row another process just wrote is there (PostgreSQL, SQLite, MySQL, SQLAlchemy)
+DUPLICATE_KEY = ("duplicate key", "UniqueViolation", "UNIQUE constraint failed", "Duplicate entry", "IntegrityError")
 FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
 
 
@@ -51,11 +53,20 @@ class Run:
                 raise
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params the run does not have yet (`mlflow run` has already logged the ones given with -P)."""
-        present = self.client.get_run(self.run_id).data.params
-        fresh = [Param(key, str(value)) for key, value in params.items() if key not in present]
-        if fresh:
-            self.client.log_batch(self.run_id, params=fresh)
+        """Log params the run does not have yet (`mlflow run` has already logged the ones given with -P). Another
+        process logging the same params at the same moment (two tune commands reporting one tune) makes the
+        store refuse the later insert (a duplicate key): then what it holds is read again and the rest logged."""
+        for attempt in range(2):
+            present = self.client.get_run(self.run_id).data.params
+            fresh = [Param(key, str(value)) for key, value in params.items() if key not in present]
+            if not fresh:
+                return
+            try:
+                self.client.log_batch(self.run_id, params=fresh)
+                return
+            except mlflow.exceptions.MlflowException as error:
+                if attempt or not any(word in str(error) for word in DUPLICATE_KEY):
+                    raise
 
     def log_steps(self, steps: Sequence[Step], params: Mapping[str, Any] | None = None,
                   tags: Mapping[str, Any] | None = None) -> int:
