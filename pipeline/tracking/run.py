@@ -3,7 +3,6 @@
 its block. Several can be open at once (lockstep children), each logging from any thread."""
 from __future__ import annotations
 
-import shlex
 import tempfile
 import time
 import warnings
@@ -18,7 +17,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline.core.errors import UsageError, one_line
-from pipeline.core.handed import handed_run_id, take_handed_run_id
+from pipeline.core.handed import take_handed_run_id
 from pipeline.tracking.experiments import experiment_id_for, mark_experiment
 from pipeline.tracking.modelfiles import pickle_off
 from pipeline.tracking.server import connect, is_store_error, refusals_as_usage_errors, registry_quiet
@@ -225,51 +224,10 @@ def _terminate(run: Run) -> None:
             raise
 
 
-def handed_run_tags() -> dict[str, str] | None:
-    """The tags of the run `mlflow run` handed this process, or None when it handed none."""
-    run_id = handed_run_id()
-    return dict(connect().get_run(run_id).data.tags) if run_id else None
-
-
-def check_handed_experiment() -> None:
-    """`-P experiment=X` under `mlflow run`, whose run went to another experiment (the one --experiment-name
-    names, else Default) before this process started: refused, since a run cannot move. `mlflow run` logs the raw
-    -P strings on a run it makes, so a fresh one (no `task` tag of ours yet) has param `experiment` only when the
-    user gave it."""
-    run_id = handed_run_id()
-    if not run_id:
-        return
-    client = connect()
-    run = client.get_run(run_id)
-    asked = run.data.params.get("experiment")
-    if asked is None or "task" in run.data.tags:
-        return
-    actual = client.get_experiment(run.info.experiment_id).name
-    if asked != actual:
-        raise UsageError(f"experiment: `mlflow run` made its run in experiment {actual!r} before optlab started, "
-                         f"and a run cannot move; pass --experiment-name {shlex.quote(asked)} to `mlflow run` "
-                         f"instead of -P experiment={shlex.quote(asked)}")
-
-
 def existing_run(run_id: str) -> Run:
     """A handle on a stored run, to nest new runs under it (its status is left as it is)."""
     client = connect()
     return Run(client, run_id, client.get_run(run_id).info.experiment_id)
-
-
-def note_handed_run(message: str, tags: Mapping[str, str]) -> None:
-    """Say on the run `mlflow run` made for this process (if any) what became of it, when the work is logged
-    elsewhere (a tune command that joined an existing study); `mlflow run` ends it when the process does."""
-    run_id = take_handed_run_id()
-    if run_id:
-        noted = {**tags, "mlflow.note.content": message}
-        connect().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in noted.items()])
-
-
-def fail_handed_run(message: str) -> None:
-    """End the run `mlflow run` made for this process FAILED, with `message` as its description and tag
-    `error`, so the UI says why. Best effort: the message is printed either way."""
-    fail_run(handed_run_id(), message)
 
 
 def end_run(run_id: str, status: str) -> None:
