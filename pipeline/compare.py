@@ -64,8 +64,9 @@ def reusable(cfg: CompareConfig, child, parent: tracking.Run) -> RunRecord | Non
     return None
 
 
-def run_lockstep(cfg: CompareConfig, parent: tracking.Run, train) -> list[RunRecord]:
-    """Reuse what can be reused, train the rest together on the same batches; records in the children's order."""
+def lockstep_records(cfg: CompareConfig, parent: tracking.Run, train) -> list[RunRecord]:
+    """Reuse what can be reused, train the rest together on the same batches (`train`: cifar.run_lockstep over
+    the arrays); records in the children's order."""
     found = {child.optimizer: reusable(cfg, child, parent) for child in cfg.children}
     todo = [child for child in cfg.children if found[child.optimizer] is None]
     if todo:
@@ -206,7 +207,7 @@ def train_seeds(cfg: CompareConfig, parent: tracking.Run, train) -> list[list[Ru
     for offset in range(cfg.seeds):
         seeded = dataclasses.replace(cfg, children=tuple(dataclasses.replace(c, seed=c.seed + offset)
                                                          for c in cfg.children))
-        per_seed.append(run_lockstep(seeded, parent, train) if cfg.lockstep else
+        per_seed.append(lockstep_records(seeded, parent, train) if cfg.lockstep else
                         [run_child(seeded, child, parent, train) for child in seeded.children])
     return per_seed
 

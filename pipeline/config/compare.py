@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.config.tasks import PARAMS_FILE, TASKS, _check_experiment, build_config
+from pipeline.config.tasks import PARAMS_FILE, TASKS, check_experiment, build_config
 from pipeline.core.errors import UsageError
 from pipeline.core.values import UNSET, require
 from pipeline.optim.registry import SET_NAMES, TUNABLE, get_spec, named_set, optimizer_names
@@ -30,7 +30,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         require(self.task in TASKS, "task", self.task, f"one of {', '.join(TASKS)}")
-        _check_experiment(self.experiment)
+        check_experiment(self.experiment)
         require(self.task == "cifar" or not self.lockstep, "lockstep", self.lockstep, "false for task=toy "
                  "(toy runs are batched already)")
         require(1 <= self.seeds <= 1000, "seeds", self.seeds, "an integer in [1, 1000]")

@@ -48,7 +48,7 @@ class ToyConfig:
         require(1 <= self.steps <= MAX_STEPS, "steps", self.steps, f"an integer in [1, {MAX_STEPS}]")
         require(self.tolerance >= 0, "tolerance", self.tolerance, "a number >= 0")
         require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
-        _check_experiment(self.experiment)
+        check_experiment(self.experiment)
         if self.start not in ("default", "random"):
             parse_point(self.start)
 
@@ -132,7 +132,7 @@ class CifarConfig:
         require(0 < self.target_acc <= 1, "target_acc", self.target_acc, "a fraction in (0, 1]")
         require(0 <= self.checkpoint_every_s <= 1e9, "checkpoint_every_s", self.checkpoint_every_s,
                  "a number of seconds >= 0 (0 = after every epoch)")
-        _check_experiment(self.experiment)
+        check_experiment(self.experiment)
         require(bool(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", self.model_name)), "model_name", self.model_name,
                  "a name of letters, digits, '_', '.', '-'")
         require(self.log_model or not self.register, "register", self.register, "false when log_model=false")
@@ -177,14 +177,14 @@ class PredictConfig:
         require(0 <= self.temperature <= 100, "temperature", self.temperature, "a number in [0, 100]")
         require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check_experiment(self.experiment)
+        check_experiment(self.experiment)
 
 
 TASKS = ("toy", "cifar")
 CONFIGS: dict[str, type] = {"toy": ToyConfig, "cifar": CifarConfig, "predict": PredictConfig}  # sweeps: *_config.py
 
 
-def _check_experiment(name: str) -> None:
+def check_experiment(name: str) -> None:
     """An experiment name every MLflow store takes: non-empty, and within the SQL stores' column of
     MAX_EXPERIMENT_NAME characters (MLflow itself checks 500; PostgreSQL refuses past 256)."""
     require(bool(name.strip()), "experiment", name, "a non-empty name")

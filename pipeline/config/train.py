@@ -6,7 +6,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config.tasks import DEVICES, MAX_SEED, MAX_STEPS, _check_experiment
+from pipeline.config.tasks import DEVICES, MAX_SEED, MAX_STEPS, check_experiment
 from pipeline.core.values import require
 from pipeline.optim.registry import OptimizerSettings, check_runs
 from pipeline.optim.schedulers import SCHEDULERS
@@ -51,7 +51,7 @@ class TrainConfig:
         require(bool(self.data_dir.strip()), "data_dir", self.data_dir, "a folder")
         require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
-        _check_experiment(self.experiment)
+        check_experiment(self.experiment)
 
     @functools.cached_property
     def spec(self):

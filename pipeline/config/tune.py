@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.config.compare import _check_taken, optimizer_list, split_sweep, workload_children
-from pipeline.config.tasks import PARAMS_FILE, TASKS, _check_experiment, build_config
+from pipeline.config.tasks import PARAMS_FILE, TASKS, check_experiment, build_config
 from pipeline.core.errors import UsageError
 from pipeline.core.values import require
 from pipeline.optim.registry import get_spec
@@ -99,7 +99,7 @@ class TuneConfig:
         for name in ("functions", "models"):
             require(not (self.workloads.strip() and getattr(self, name).strip()), name, getattr(self, name),
                     "empty with workloads= (each workload is its own study)")
-        _check_experiment(self.experiment)
+        check_experiment(self.experiment)
 
     @property
     def kind(self) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 import torch
 
 from pipeline.core.errors import UsageError, one_line
+from pipeline.core.values import require
 from pipeline.optim.libraries import find_class, import_path, resolve, summary_of
 from pipeline.optim.muon import MuonAdamW
 
@@ -180,9 +181,9 @@ class OptimizerSettings:
 
     def __post_init__(self) -> None:
         spec = get_spec(self.name)
-        _check(self.lr is None or self.lr > 0, "lr", self.lr, "a number > 0")
-        _check(self.momentum is None or 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
-        _check(self.weight_decay is None or self.weight_decay >= 0, "weight_decay", self.weight_decay,
+        require(self.lr is None or self.lr > 0, "lr", self.lr, "a number > 0")
+        require(self.momentum is None or 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        require(self.weight_decay is None or self.weight_decay >= 0, "weight_decay", self.weight_decay,
                "a number >= 0")
         refused = sorted(key for key in TUNABLE if getattr(self, key) is not None and key not in spec.tunable)
         if refused:
@@ -201,11 +202,6 @@ class OptimizerSettings:
         """The keyword arguments the optimizer class gets: its fixed settings, then the user's non-None ones."""
         given = {key: getattr(self, key) for key in TUNABLE if getattr(self, key) is not None}
         return {"lr": self.spec.default_lr, **self.spec.fixed, **given}
-
-
-def _check(ok: bool, name: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise UsageError(f"{name}: expected {expected}, got {value!r}")
 
 
 def fast_kwargs(spec: OptimizerSpec) -> dict[str, bool]:

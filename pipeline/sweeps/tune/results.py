@@ -47,9 +47,7 @@ class StudyResult:
     @property
     def best(self) -> TrialRecord | None:
         """The best complete trial (ties: the lowest number, as Optuna picks)."""
-        done = [t for t in self.trials if t.state == "complete" and t.value is not None]
-        sign = -1.0 if self.maximize else 1.0
-        return min(done, key=lambda t: (sign * t.value, t.number), default=None)
+        return best_of([t for t in self.trials if t.state == "complete" and t.value is not None], self.maximize)
 
     @property
     def seed_scores(self) -> list[float]:
@@ -59,6 +57,13 @@ class StudyResult:
     def seed_stats(self) -> tuple[float, float]:
         """Mean and sample sd of the seed reruns' scores."""
         return mean_sd(self.seed_scores)
+
+
+def best_of(trials: Sequence[Any], maximize: bool) -> Any:
+    """The trial (anything with `value` and `number`) with the best value, ties to the lowest number: the one
+    rule the seed reruns and the tuned table pick by; None for none."""
+    sign = -1.0 if maximize else 1.0
+    return min(trials, key=lambda t: (sign * t.value, t.number), default=None)
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:

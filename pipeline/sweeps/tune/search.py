@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from pipeline.core.errors import UsageError, one_line
+from pipeline.sweeps.tune.results import best_of
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -258,11 +259,10 @@ def _mark_started(trial: Trial) -> None:
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
     """The best complete trial, ties to the lowest number (the rule the tuned table reports by)."""
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         raise ValueError(f"study {study.study_name} has no complete trial")
-    return min(done, key=lambda t: (sign * t.value, t.number))
+    return best_of(done, study.direction == optuna.study.StudyDirection.MAXIMIZE)
 
 
 def seed_index(study: optuna.Study, trial: Trial) -> int:
