@@ -15,7 +15,7 @@ from pipeline.core.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.core.provenance import code_version, config_hash
 from pipeline.training.hooks import RunHooks, RunLogger
 from pipeline.viz import figures, paths
-from pipeline.workloads.toy.descent import Trajectory, run_descent, starting_points
+from pipeline.workloads.toy.descent import Trajectory, run_descent, run_descents, starting_points
 from pipeline.workloads.toy.functions import Function2D, get_function
 
 
@@ -71,10 +71,18 @@ def main(cfg: ToyConfig) -> int:
     return run_toy(cfg)[1]
 
 
+def descents_of(cfgs: list[ToyConfig]) -> list[Trajectory]:
+    """What run_toy descends for each of several configs of one function, steps and tolerance (a tune's seed
+    reruns), all in one batched descent: each trajectory as run_toy's own."""
+    fn, first = get_function(cfgs[0].function), cfgs[0]
+    starts = [torch.tensor([resolve_start(cfg, fn)], dtype=torch.float64) for cfg in cfgs]
+    return run_descents(fn, [cfg.optimizer_settings for cfg in cfgs], starts, first.steps, first.tolerance)
+
+
 def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks = RunHooks(),
-            quiet: bool = False) -> tuple[str, int]:
-    """Descend, log everything, print one summary line (`quiet`: only if it diverged); returns (run id, exit
-    code)."""
+            quiet: bool = False, descended: Trajectory | None = None) -> tuple[str, int]:
+    """Descend (unless `descended` is its trajectory, from descents_of), log everything, print one summary line
+    (`quiet`: only if it diverged); returns (run id, exit code)."""
     fn = get_function(cfg.function)
     params = resolved_params(cfg, fn)
     torch.manual_seed(cfg.seed)
@@ -85,7 +93,7 @@ def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks 
         hooks.opened(run)
         run.log_params(params)
         run.log_dict({**dataclasses.asdict(cfg), "resolved": params}, "config.json")
-        traj = run_descent(fn, cfg.optimizer_settings, start, cfg.steps, cfg.tolerance)
+        traj = descended or run_descent(fn, cfg.optimizer_settings, start, cfg.steps, cfg.tolerance)
         log_trajectory(run, fn, traj, cfg.optimizer)
         tags = outcome_tags(traj)
         run.set_tags(tags)

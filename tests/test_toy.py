@@ -152,3 +152,26 @@ def test_mlflow_run_with_bad_input_leaves_no_run_running(tracking):
     assert "error: unknown optimizer 'nope'; choose one of: sgd" in done.stderr
     assert "Traceback" not in done.stderr
     assert [run.info.status for run in tracking.search_runs([experiment_id])] == ["FAILED"]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "adafactor", "shampoo", "sfadamw"])
+def test_seed_reruns_descended_together_follow_each_runs_own_descent_exactly(optimizer):
+    """A tune's seed reruns descend their plotted starts in one batch (descents_of); each trajectory is the one
+    the run would have descended alone, to the bit."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.toy import descents_of, resolve_start
+    from pipeline.workloads.toy.descent import run_descent
+    from pipeline.workloads.toy.functions import get_function
+
+    base = build_config("toy", {"optimizer": optimizer, "function": "rosenbrock", "start": "random", "steps": "300",
+                                "lr": "0.003"})
+    cfgs = [dataclasses.replace(base, seed=seed) for seed in (1, 2, 3)]
+    fn = get_function("rosenbrock")
+    for cfg, together in zip(cfgs, descents_of(cfgs)):
+        alone = run_descent(fn, cfg.optimizer_settings, torch.tensor([resolve_start(cfg, fn)], dtype=torch.float64),
+                            cfg.steps, cfg.tolerance)
+        assert np.array_equal(together.positions, alone.positions) and np.array_equal(together.losses, alone.losses)
+        assert (together.converged_step, together.diverged_step) == (alone.converged_step, alone.diverged_step)

@@ -209,9 +209,12 @@ class Worker:
                                                [c.optimizer_settings for c in cfgs], self.cfg.starts,
                                                [c.seed for c in cfgs], first.steps, first.tolerance)
         if phase == "seeds":
+            from pipeline.toy import descents_of  # noqa: PLC0415 - toy's plotting loads only for seed runs
+
             curves = curve_of()
-            for trial, cfg, curve in zip(trials, cfgs, curves):
-                self._seed_run(plan, trial, cfg, curve)
+            plotted = [dataclasses.replace(cfg, start="random") for cfg in cfgs]
+            for trial, cfg, curve, traj in zip(trials, plotted, curves, descents_of(plotted)):
+                self._seed_run(plan, trial, cfg, curve, traj)
             return curves
         with contextlib.ExitStack() as stack:
             runs = []
@@ -225,9 +228,9 @@ class Worker:
                 run.log_steps(_score_steps(curve), params={**logged_params(cfg), "starts": self.cfg.starts})
         return curves
 
-    def _seed_run(self, plan: StudyPlan, trial: optuna.trial.Trial, cfg: Any, curve: Any) -> None:
-        """A seed rerun: an ordinary toy run of one random start (its figures, trajectory and outcome), with
-        the score curve of its `starts` besides."""
+    def _seed_run(self, plan: StudyPlan, trial: optuna.trial.Trial, cfg: Any, curve: Any, traj: Any) -> None:
+        """A seed rerun: an ordinary toy run of one random start (its figures, trajectory `traj` and outcome),
+        with the score curve of its `starts` besides."""
         from pipeline.toy import run_toy  # noqa: PLC0415 - toy's plotting loads only where a seed run needs it
 
         def opened(run: Any) -> None:
@@ -236,7 +239,7 @@ class Worker:
 
         tags = {**self.tags(plan, "seeds", trial), "seed": str(cfg.seed)}
         hooks = RunHooks(tags=tags, name=run_name(plan, "seeds", cfg, trial.number), on_open=opened)
-        run_toy(dataclasses.replace(cfg, start="random"), self.parent(plan), hooks, quiet=not self.cfg.verbose)
+        run_toy(cfg, self.parent(plan), hooks, quiet=not self.cfg.verbose, descended=traj)
 
     def parent(self, plan: StudyPlan) -> tracking.Run:
         if plan.label not in self.parents:
