@@ -231,6 +231,17 @@ def draw_seeds(run: tracking.Run, task: str, per_seed: list[list[RunRecord]]) ->
         run.log_figure(tune_figures.seeds_figure(panels, metric, log_y=metric != "val_acc"), f"plots/seeds_{metric}.png")
 
 
+def _judge_seeds(parent: tracking.Run, cfg: CompareConfig, per_seed: list[list[RunRecord]], markdown: str) -> str:
+    """The verdict over the seeds (verdict.json, a tag `verdict` and a line under the summary); returns the
+    summary with that line."""
+    from pipeline.sweeps.tune.verdict import verdict_json  # noqa: PLC0415
+
+    found = summary.seed_verdict(cfg.task, per_seed)
+    parent.log_dict(verdict_json({cfg.task: found}, {}), "verdict.json")
+    parent.set_tags({"verdict": found.decision.text})
+    return f"{markdown}\nOver {cfg.seeds} seeds ({found.score_metric}): {found.decision.text}\n"
+
+
 def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
     """Train (or reuse) every child, then draw and summarise; returns (parent run id, summary, champion URI)."""
     if cfg.from_runs:
@@ -254,6 +265,7 @@ def sweep(cfg: CompareConfig) -> tuple[str, str, str | None]:
         if len(per_seed) > 1:
             draw_seeds(parent, cfg.task, per_seed)
             parent.set_tags({"seed_runs": ",".join(r.run_id for seed in per_seed[1:] for r in seed)[:5000]})
+            markdown = _judge_seeds(parent, cfg, per_seed, markdown)
         # A redraw trains nothing, so it registers nothing: no new model version, the alias left where it is.
         uri = crown(parent, records) if cfg.task == "cifar" and not cfg.from_runs else None
         if scape is not None:

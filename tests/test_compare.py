@@ -188,3 +188,42 @@ def test_seeds_run_each_optimizer_on_every_seed_and_band_them(tracking):
     assert "workflowType=machine_learning" in link and "UI: http://127.0.0.1:5000/#/experiments/" in link
     refused = cli("compare", "--optimizers", "adam", "--seeds", "2", "--experiment", experiment)
     assert refused.returncode == 2 and "seeds: toy runs differ by seed only with start=random" in refused.stderr
+
+
+def test_a_compare_over_seeds_says_who_wins_with_welch_and_holm_as_a_recomputation_from_the_store(tracking, tmp_path):
+    """compare seeds=S: per optimizer its S runs' final loss; verdict.json's means and Holm-adjusted Welch
+    p-values equal scipy's from the stored runs, and the printed line says whether anyone wins."""
+    import statistics
+
+    from scipy import stats
+
+    experiment = new_experiment()
+    done = cli("compare", "--optimizers", "adam,sgd,momentum", "--function", "booth", "--start", "random",
+               "--seeds", "4", "--steps", "40", "--lr", "0.01", "--experiment", experiment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = runs_of(tracking, experiment)
+    (parent,) = [r for r in runs if r.data.tags.get("task") == "compare"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    finals = {}
+    for child in children:
+        finals.setdefault(child.data.params["optimizer"], []).append(
+            metric_history(tracking, child.info.run_id, "loss")[1][-1])
+    stored = tracking.download_artifacts(parent.info.run_id, "verdict.json", str(tmp_path))
+    found = json.loads(open(stored, encoding="utf-8").read())
+    (verdict,) = found["workloads"].values()
+    rows = {row["optimizer"]: row for row in verdict["rows"]}
+    best = min(finals, key=lambda o: statistics.fmean(finals[o]))
+    assert verdict["rows"][0]["optimizer"] == best and verdict["direction"] == "min"
+    raw = {o: stats.ttest_ind(finals[best], finals[o], equal_var=False).pvalue for o in finals if o != best}
+    ordered = sorted(raw, key=raw.get)
+    holm, running = {}, 0.0
+    for rank, name in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - rank) * raw[name]))
+        holm[name] = running
+    for name, values in finals.items():
+        assert rows[name]["mean"] == pytest.approx(statistics.fmean(values), rel=1e-12)
+        if name != best:
+            assert rows[name]["p_adjusted"] == pytest.approx(holm[name], rel=1e-9)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("Over 4 seeds (final loss): "))
+    assert line.endswith(parent.data.tags["verdict"])
+    assert (verdict["winner"] == best) == ("wins" in line)

@@ -162,3 +162,21 @@ def note(markdown: str, lines: Sequence[str] = ()) -> str:
     """A parent's description: its summary table (and any verdict lines), cut to MLflow's limit."""
     text = "\n".join([*lines, "", markdown]) if lines else markdown
     return text if len(text) <= MAX_NOTE else text[: MAX_NOTE - 40] + "\n\n(cut: see the artifact)"
+
+
+SEED_SCORES = {"cifar": ("val_acc", "max"), "toy": ("loss", "min")}  # a compare child's final score, per task
+
+
+def seed_verdict(task: str, per_seed: Sequence[Sequence[RunRecord]]) -> Any:
+    """What a compare over several seeds decides (the tune's statistics: Welch's t-test of every optimizer
+    against the best, Holm-corrected): over each optimizer's runs, its final val_acc (cifar) or final loss
+    (toy); a run that failed or diverged gives no score."""
+    from pipeline.sweeps.tune import verdict  # noqa: PLC0415 - scipy loads only where seeds are compared
+
+    metric, direction = SEED_SCORES[task]
+    rows = []
+    for index, record in enumerate(per_seed[0]):
+        runs = [seed[index] for seed in per_seed]
+        scores = [r.last(metric) if r.has_run and r.status == "FINISHED" and not r.diverged else None for r in runs]
+        rows.append(verdict.seed_row(record.label, scores, [r.run_id for r in runs]))
+    return verdict.judge(rows, f"final {metric}", direction)
