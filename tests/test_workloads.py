@@ -263,3 +263,38 @@ def test_a_bad_tune_of_workloads_is_one_line_and_exit_2(params, message, trackin
     done = cli("tune", *params, "--experiment", experiment)
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert tracking.get_experiment_by_name(experiment) is None or not runs_of(tracking, experiment)
+
+
+@pytest.mark.slow  # 12 training runs: about 8 s
+def test_a_tune_over_workloads_logs_profile_score_as_recomputed_from_the_stored_times_to_target(tracking, monkeypatch):
+    """AlgoPerf's score: per optimizer and workload the median time_to_target of its seed runs (a miss is
+    infinite), ratios to the best, the area under rho on [1, 4]; recomputed here from the store alone."""
+    import math
+    import statistics
+
+    monkeypatch.chdir(REPO)
+    experiment = new_experiment()
+    done = cli("tune", "--workloads", "easy_workloads:narrow,easy_workloads:wide", "--optimizers", "adam,sgd",
+               "--trials", "1", "--seeds", "2", "--steps", "80", "--eval_every", "20", "--experiment", experiment)
+    assert done.returncode == 0, done.stderr
+    runs = runs_of(tracking, experiment)
+    seeds = [r for r in runs if r.data.tags.get("role") == "seed"]
+    medians: dict[str, dict[str, float]] = {}
+    for optimizer in ("adam", "sgd"):
+        for workload in ("spirals_narrow", "spirals_wide"):
+            mine = [r for r in seeds if r.data.tags["optimizer"] == optimizer and r.data.tags["workload"] == workload]
+            assert len(mine) == 2
+            medians.setdefault(optimizer, {})[workload] = statistics.median(
+                r.data.metrics.get("time_to_target", math.inf) for r in mine)
+    assert any(math.isfinite(t) for row in medians.values() for t in row.values())  # something to score
+    best = {w: min(medians[o][w] for o in medians) for w in ("spirals_narrow", "spirals_wide")}
+    expected = {o: sum(4.0 - max(medians[o][w] / best[w], 1.0) for w in best
+                       if math.isfinite(best[w]) and medians[o][w] / best[w] <= 4.0) / (len(best) * 3.0)
+                for o in medians}
+    children = [r for r in runs if r.data.tags.get("role") == "optimizer"]
+    assert len(children) == 4
+    for child in children:
+        assert child.data.metrics["profile_score"] == pytest.approx(expected[child.data.tags["optimizer"]], abs=1e-12)
+    parent = next(r for r in runs if r.data.tags.get("task") == "tune")
+    assert {"plots/profile_time.png", "plots/budget_spirals_narrow.png", "plots/budget_spirals_wide.png"} <= \
+        {a.path for a in tracking.list_artifacts(parent.info.run_id, "plots")}
