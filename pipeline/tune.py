@@ -280,6 +280,7 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
         results = collect(cfg, Worker(cfg, ids, storage))
         markdown, lines = report(cfg, parent, ids, results)
         tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "study"), role="optimizer")
+        scored = dict.fromkeys(cfg.score_of(plan)[0] for plan in cfg.children)
         tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "optimizer"), role="trial",
-                                  key=f"{parent.run_id}-trials")
+                                  key=f"{parent.run_id}-trials", scatter=[("lr", metric) for metric in scored])
     return parent.run_id, markdown, lines

@@ -48,3 +48,4 @@ def test_a_tunes_two_links_show_every_optimizer_with_its_seed_mean_and_the_trial
     assert "seed_mean" in dom and "share key" not in dom
     dom = render(links["its trials (lr against score, per optimizer)"], screenshot=tmp_path / "trials.png")
     assert all(optimizer in dom for optimizer in ("adam", "sgd", "nesterov")) and "score" in dom
+    assert "Against the searched setting" in dom and 'title="lr vs. score"' in dom  # the scatter chart, drawn

@@ -143,15 +143,24 @@ def add_to_sweep(run_ids: Sequence[str], sweep_id: str) -> None:
 
 
 def share_sweep_view(experiment_id: str, sweep_id: str, group: tuple[str, str], role: str = "",
-                     key: str = "") -> None:
+                     key: str = "", scatter: Sequence[tuple[str, str]] = ()) -> None:
     """Store a UI view of the sweep in the experiment (the UI's own shared views: experiment tag
     `mlflow.sharedViewState.<key>`, key `sweep_id` unless given): its runs (those tagged `role`, if given), grouped
     by `group` = (param or tag, name) so that every child shows (the runs table keeps children folded under their
-    parent, and a view cannot unfold them), one chart line or bar each."""
+    parent, and a view cannot unfold them), one chart line or bar each; `scatter` (param, metric) pairs open as
+    scatter charts first (lr against score), in a section of their own."""
     search = f"tags.{SWEEPS_TAG} LIKE '%{sweep_id}%'" + (f" AND tags.role = '{role}'" if role else "")
     state = {"searchFilter": search, "orderByKey": "attributes.start_time",
              "orderByAsc": False, "useGroupedValuesInCharts": False, "hideEmptyCharts": True,
              "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": group[0], "groupByData": group[1]}]}}
+    if scatter:  # every run a point (the UI shows the first 10 rows' by default: here, two optimizers' trials)
+        section, state["runsHiddenMode"], state["runsHidden"] = "optlab-scatter", "CUSTOM", []
+        state["compareRunSections"] = [{"uuid": section, "name": "Against the searched setting", "display": True,
+                                        "isReordered": False, "deleted": False, "isGenerated": False}]
+        state["compareRunCharts"] = [
+            {"uuid": f"optlab-{x}-{y}", "type": "SCATTER", "runsCountToCompare": 1000, "metricSectionId": section,
+             "deleted": False, "isGenerated": False, "displayName": f"{y} against {x}",
+             "xaxis": {"key": x, "type": "PARAM"}, "yaxis": {"key": y, "type": "METRIC"}} for x, y in scatter]
     set_experiment_tag(connect(), experiment_id, f"{SHARED_VIEW_TAG}{key or sweep_id}", json.dumps(state))
 
 
