@@ -13,12 +13,13 @@ import torch
 from bench.machine import header, load_average, log, resolve_device
 from bench.table import Row, format_markdown, format_text
 
-ROWS = ("toy", "cifar", "mlflow", "tune", "landscape", "cuda")
+ROWS = ("toy", "cifar", "mlflow", "tracking", "tune", "landscape", "cuda")
 
 # Row group -> (module, function(device, quick) -> list[Row]); imported only when asked for, so that
 # `--rows toy` starts without loading MLflow or torchvision.
 RUNNERS = {"toy": ("bench.toy", "toy_rows"), "cifar": ("bench.cifar", "cifar_rows"),
-           "mlflow": ("bench.overhead", "overhead_rows"), "tune": ("bench.pruning", "pruning_rows"),
+           "mlflow": ("bench.overhead", "overhead_rows"),
+           "tracking": ("bench.tracking", "tracking_rows"), "tune": ("bench.pruning", "pruning_rows"),
            "landscape": ("bench.landscape", "landscape_rows"), "cuda": ("bench.cuda", "cuda_rows")}
 
 

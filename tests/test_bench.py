@@ -73,3 +73,17 @@ def test_the_landscape_row_times_the_drawing_against_the_sweeps_training():
     assert row.name == "landscape 8 opt tiny_cnn" and drawn > 0 and trained > 0
     assert float(row.ratio.rstrip("x")) == pytest.approx(drawn / trained, rel=0.1, abs=0.06)  # cells are rounded
     assert "49 grid points and 40 path points" in row.notes[0]
+
+
+def test_the_tracking_rows_time_a_tracked_tune_a_run_s_fixed_cost_and_the_demo_s_tune():
+    import torch
+
+    from bench.tracking import tracking_rows
+
+    rows = {row.name: row for row in tracking_rows(torch.device("cpu"), quick=True)}
+    assert set(rows) == {"tracked toy trials/s", "fixed cost per tracked run", "demo toy tune wall"}
+    trials = rows["tracked toy trials/s"]
+    assert trials.ours.endswith("trials/s") and float(trials.ratio.rstrip("x")) > 1  # tracking costs something
+    fixed = rows["fixed cost per tracked run"]
+    assert fixed.ours.endswith(" ms") and float(fixed.ours.split()[0]) > 0 and fixed.met in ("yes", "NO")
+    assert rows["demo toy tune wall"].ours.endswith(" s") and "--quick" in rows["demo toy tune wall"].notes[0]
