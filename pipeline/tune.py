@@ -25,6 +25,7 @@ from pipeline.core.signals import stopped_by_signals
 from pipeline.sweeps.summary import parent_name
 from pipeline.sweeps.tune import claim, search, trained
 from pipeline.sweeps.tune.report import collect, report
+from pipeline.sweeps.tune.studies import Studies
 from pipeline.sweeps.tune.worker import RunIds, Worker, enqueue_default, on_stale
 
 READY_TIMEOUT_S = 120  # how long the first worker waits for the others to start (each imports torch first)
@@ -106,9 +107,9 @@ def _make_runs(cfg: TuneConfig, token: str, dead: list) -> dict:
 
 def enqueue_defaults(cfg: TuneConfig, storage: object, ids: RunIds) -> None:
     """Every trials study starts with the optimizer's default setting, queued once (before any worker asks)."""
-    worker = Worker(cfg, ids, storage)
+    studies = Studies(cfg, storage)
     for plan in cfg.children:
-        enqueue_default(worker.study(plan, "trials"), plan)
+        enqueue_default(studies.study(plan, "trials"), plan)
 
 
 def _undo(runs: dict) -> None:
@@ -271,13 +272,13 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     with tracking.open_run(cfg.experiment, f"tune-{cfg.kind}", run_id=ids.parent) as parent:
         try:
             with progress.bar(f"tune {cfg.kind}", total, counter, "trial",
-                              initial=Worker(cfg, ids, storage).counted()):
+                              initial=Studies(cfg, storage).counted()):
                 run_workers(cfg, ids, url, storage, cifar, counter)
         except KeyboardInterrupt:  # the parent ends KILLED with its block; the per-optimizer runs too
             for run_id in ids.children.values():
                 tracking.end_run(run_id, "KILLED")
             raise
-        results = collect(cfg, Worker(cfg, ids, storage))
+        results = collect(cfg, Studies(cfg, storage))
         markdown, lines = report(cfg, parent, ids, results)
         tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "study"), role="optimizer")
         scored = dict.fromkeys(cfg.score_of(plan)[0] for plan in cfg.children)

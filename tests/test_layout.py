@@ -18,6 +18,7 @@ LAYERS = [
     {"sweeps.tune.report"},
     {"sweeps.tune.ruling"},
     {"sweeps.tune.worker", "sweeps.tune.trained", "sweeps.workloads"},
+    {"sweeps.tune.studies"},
     {"train"},
     {"toy", "cifar", "predict", "training.nproc"},
     {"training.runlog", "landscape.report"},

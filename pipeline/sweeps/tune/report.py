@@ -13,7 +13,8 @@ from pipeline.sweeps.summary import as_csv, as_markdown
 from pipeline.sweeps.tune import results as tune_results
 from pipeline.sweeps.tune import ruling, search
 from pipeline.sweeps.tune.results import StudyResult, TrialRecord
-from pipeline.sweeps.tune.worker import DEFAULT_ATTR, RunIds, Worker
+from pipeline.sweeps.tune.studies import Studies
+from pipeline.sweeps.tune.worker import DEFAULT_ATTR, RunIds
 from pipeline.viz import tune as tune_figures
 from pipeline.workloads.toy import scores
 from pipeline.workloads.toy.functions import get_function
@@ -24,9 +25,9 @@ SCORES = {"toy": "mean f - f_min after steps", "cifar": "final val_acc",
 TOY_TAU_MAX, CIFAR_TAU_MAX = 1e4, 4.0  # profiles run from tau 1 to these (AlgoPerf: 4)
 
 
-def _records(worker: Worker, plan: StudyPlan, phase: str) -> list[TrialRecord]:
+def _records(studies: Studies, plan: StudyPlan, phase: str) -> list[TrialRecord]:
     found = []
-    for trial, state in search.classified(worker.study(plan, phase)):
+    for trial, state in search.classified(studies.study(plan, phase)):
         value = trial.value if state == "complete" else None
         if state == "pruned" and trial.intermediate_values:
             value = trial.intermediate_values[max(trial.intermediate_values)]
@@ -37,13 +38,13 @@ def _records(worker: Worker, plan: StudyPlan, phase: str) -> list[TrialRecord]:
     return found
 
 
-def collect(cfg: TuneConfig, worker: Worker) -> list[StudyResult]:
+def collect(cfg: TuneConfig, studies: Studies) -> list[StudyResult]:
     """Every study's trials, default run and seed reruns, from the Optuna storage (and times from MLflow)."""
     results = []
     for plan in cfg.children:
-        trials = _records(worker, plan, "trials")
+        trials = _records(studies, plan, "trials")
         defaults = [t for t in trials if t.default and t.state == "complete"]
-        seeds = sorted((t for t in _records(worker, plan, "seeds") if t.state == "complete"), key=lambda t: t.seed)
+        seeds = sorted((t for t in _records(studies, plan, "seeds") if t.state == "complete"), key=lambda t: t.seed)
         times = []
         if cfg.kind != "toy":
             for seed in seeds:

@@ -19,11 +19,11 @@ from pipeline.config.tune import StudyPlan, TuneConfig
 from pipeline.core.progress import Counter
 from pipeline.optim.registry import preload
 from pipeline.sweeps.tune import batch, search, trained
+from pipeline.sweeps.tune.studies import PHASES, Studies
 from pipeline.training.hooks import RunHooks
 from pipeline.workloads.toy import scores
 from pipeline.workloads.toy.functions import get_function
 
-PHASES = ("trials", "seeds")
 ROLES = {"trials": "trial", "seeds": "seed"}
 DEFAULT_ATTR = "default"  # user attr of the trial that is the optimizer's own default setting (trial 0)
 
@@ -59,49 +59,19 @@ def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     search.retry(study, trial)
 
 
-class Worker:
-    """One process's share of a tune: studies loaded once, runs nested under the tune's runs."""
+class Worker(Studies):
+    """One process's share of a tune: its studies, and runs nested under the tune's runs."""
 
     def __init__(self, cfg: TuneConfig, ids: RunIds, storage: Any, cifar: tuple | None = None,
                  progress: Counter | None = None) -> None:
-        self.cfg, self.ids, self.storage = cfg, ids, storage
+        super().__init__(cfg, storage)
+        self.ids = ids
         self.progress = progress or Counter()  # finished trials, for the command's bar
-        self.studies: dict[tuple[str, str], optuna.Study] = {}
         self.parents: dict[str, tracking.Run] = {}
         # cifar: (arrays, device); workloads: workload -> (arrays, device) of its CIFAR-10 data; given, or loaded
         # on the first trial that needs them
         self.inputs = cifar if cifar is not None else (None if cfg.kind == "cifar" else {})
         preload()  # before the first trial, where a Ctrl-C would land in the middle of an import
-
-    @property
-    def bounds(self) -> search.Bounds:
-        cfg = self.cfg
-        return {"lr": (cfg.lr_min, cfg.lr_max), "weight_decay": (cfg.weight_decay_min, cfg.weight_decay_max)}
-
-    def budget(self, phase: str) -> int:
-        return {"trials": self.cfg.trials, "seeds": self.cfg.seeds}[phase]
-
-    def study(self, plan: StudyPlan, phase: str) -> optuna.Study:
-        """The phase's study of `plan`, created by the first worker to ask; the same sampler everywhere."""
-        key = (plan.label, phase)
-        if key not in self.studies:
-            epochs = getattr(plan.base, "epochs", 1)
-            self.studies[key] = optuna.create_study(
-                storage=self.storage, study_name=self.cfg.study_name(plan, phase), load_if_exists=True,
-                direction="maximize" if self.cfg.score_of(plan)[1] == "max" else "minimize",
-                sampler=search.make_sampler(self.cfg.sampler, plan.dims, self.bounds, self.cfg.trials,
-                                            plan.base.seed),
-                pruner=search.make_pruner(self.cfg.pruner if phase == "trials" else "none", epochs))
-        return self.studies[key]
-
-    def counted(self) -> int:
-        """Trials every study has counted so far (a tune run again continues from there)."""
-        total = 0
-        for plan in self.cfg.children:
-            for phase in PHASES:
-                found = search.counts(self.study(plan, phase))
-                total += min(self.budget(phase), found["complete"] + found["pruned"])
-        return total
 
     def work(self) -> None:
         """Take trials until every study is done; wait (failing dead workers' trials) while others hold the rest."""
