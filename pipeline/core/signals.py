@@ -46,3 +46,16 @@ def stopped_by_signals(numbers: tuple[int, ...] | None = None, restore: bool = T
             sys.unraisablehook = hook
             for number, handler in saved.items():
                 signal.signal(number, handler)
+
+
+def forget_handled_interrupt() -> None:
+    """Clear CPython's mark of a Ctrl-C it thinks nobody handled. A KeyboardInterrupt that passes through code run
+    by PyRun_String (pybind11's exec, as torch runs while it imports) sets that mark even when ours then catches
+    it, and the interpreter ends itself by SIGINT at exit (-2, not our 130). Best effort: an interpreter that
+    keeps the mark elsewhere (3.12+) is left as it is."""
+    import ctypes  # noqa: PLC0415
+
+    try:
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+    except (ValueError, AttributeError, OSError):
+        pass
