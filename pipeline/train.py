@@ -49,6 +49,13 @@ def cifar_config(cfg: TrainConfig, budget: dict):
                                      for key, value in settings.items() if value is not None}})
 
 
+def cifar_run_config(cfg: TrainConfig):
+    """(the `cifar` entry point's config at the budget in force on the device, that device) for a CIFAR-10
+    workload: what train, compare and tune run such a workload as."""
+    device = cifar.resolve_device(cfg.device)
+    return cifar_config(cfg, cfg.resolved_budget(device.type == "cuda")), device
+
+
 def _on_eval(run: tracking.Run, cfg: TrainConfig, steps: int, hooks: RunHooks, quiet: bool):
     """Log each evaluation at its step, print one line (unless quiet), stop past max_seconds; then the hook's
     call (a tune trial's pruner may stop the run there)."""
@@ -137,6 +144,5 @@ def run_steps(cfg: TrainConfig, workload: Workload, parent: tracking.Run | None 
 def main(cfg: TrainConfig) -> int:
     """The `train` entry point."""
     if cfg.spec.cifar_model:
-        device = cifar.resolve_device(cfg.device)
-        return cifar.main(cifar_config(cfg, cfg.resolved_budget(device.type == "cuda")))
+        return cifar.main(cifar_run_config(cfg)[0])
     return run_steps(cfg, cfg.spec)[1]

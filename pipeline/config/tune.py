@@ -29,7 +29,6 @@ SET_BY_TUNE = {"lr": "tune searches lr between lr_min and lr_max; set those inst
                "start": "toy trials score a batch of random starts (starts=N); seed runs plot one random start each"}
 # What does not change which study a command joins: the budget can grow, and workers come and go.
 NOT_IN_KEY = ("trials", "seeds", "workers", "storage", "heartbeat_s", "verbose", "children", "skipped")
-KINDS = ("toy", "cifar", "train")  # what a study's trials are: toy runs, cifar runs, or train runs of a workload
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ def _train(child: TrainConfig, parent: tracking.Run) -> tuple[str, int]:
     """One child: a CIFAR-10 workload through the cifar entry's run, the others through train's."""
     if not child.spec.cifar_model:
         return train.run_steps(child, child.spec, parent)
-    device = cifar.resolve_device(child.device)
-    cfg = train.cifar_config(child, child.resolved_budget(device.type == "cuda"))
+    cfg, device = train.cifar_run_config(child)
     run_id, code = cifar.run_cifar(cfg, cifar.load_data(cfg), device, parent=parent)
     return run_id, code
 

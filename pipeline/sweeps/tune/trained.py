@@ -66,8 +66,7 @@ def workload_inputs(cfg: TuneConfig) -> dict[str, tuple]:
         if plan.workload in found:
             continue
         if base.spec.cifar_model:
-            device = cifar.resolve_device(base.device)
-            found[plan.workload] = cifar_inputs(train.cifar_config(base, base.resolved_budget(device.type == "cuda")))
+            found[plan.workload] = cifar_inputs(train.cifar_run_config(base)[0])
         else:
             budget = base.resolved_budget(cifar.resolve_device(base.device).type == "cuda")
             base.spec.data(base.data_dir, base.download, base.seed, budget)
@@ -85,8 +84,7 @@ def train_score(cfg: TuneConfig, plan: StudyPlan, run: Any, inputs: dict[str, tu
     last: dict[str, float] = {}
     tracked = dataclasses.replace(hooks, on_epoch=lambda epoch, metrics: last.update(metrics))
     if run.spec.cifar_model:
-        device = cifar.resolve_device(run.device)
-        config = train.cifar_config(run, run.resolved_budget(device.type == "cuda"))
+        config = train.cifar_run_config(run)[0]
         if plan.workload not in inputs:
             inputs[plan.workload] = cifar_inputs(config)
         _, code = cifar.run_cifar(config, *inputs[plan.workload], parent, tracked)
