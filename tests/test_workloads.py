@@ -298,3 +298,19 @@ def test_a_tune_over_workloads_logs_profile_score_as_recomputed_from_the_stored_
     parent = next(r for r in runs if r.data.tags.get("task") == "tune")
     assert {"plots/profile_time.png", "plots/budget_spirals_narrow.png", "plots/budget_spirals_wide.png"} <= \
         {a.path for a in tracking.list_artifacts(parent.info.run_id, "plots")}
+
+
+@pytest.mark.slow  # three cifar runs of 2,048 real images
+@pytest.mark.skipif(not SHARED_SUBSET.is_dir(), reason=f"needs the real subset in {SHARED_SUBSET}")
+def test_a_tune_of_a_cifar_workload_scores_each_trial_by_its_runs_final_val_acc(tracking, tmp_path):
+    experiment = new_experiment()
+    done = cli("tune", "--workloads", "cifar10_tiny_cnn", "--optimizers", "sgd", "--trials", "2", "--seeds", "1",
+               "--data_dir", str(SHARED_SUBSET), "--experiment", experiment)
+    assert done.returncode == 0, done.stderr
+    runs = runs_of(tracking, experiment)
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" and r.data.params["model"] == "tiny_cnn"
+                                    and r.data.params["train_limit"] == "2048" for r in trials)
+    finals = [metric_history(tracking, r.info.run_id, "val_acc")[1][-1] for r in trials]
+    (child,) = [r for r in runs if r.data.tags.get("role") == "optimizer"]
+    assert child.data.metrics["best_trial_score"] == pytest.approx(max(finals), abs=1e-12)
