@@ -41,7 +41,7 @@ def _trainer(cfg: CompareConfig):
     if cfg.task == "toy":
         from pipeline.toy import run_toy
 
-        return (lambda child, parent: run_toy(child, parent)[0]), None
+        return (lambda child, parent: run_toy(child, parent, in_sweep=True)[0]), None
     from pipeline.cifar import load_data, resolve_device, run_cifar, run_lockstep
     from pipeline.landscape.report import SweepLandscape, enabled
 
@@ -106,12 +106,12 @@ def draw_toy(run: tracking.Run, records: list[RunRecord], scratch: Path) -> None
     if not usable:
         return
     fn = get_function(usable[0].params["function"])
-    paths = {}
-    for record in usable:
+    paths, losses = {}, {}
+    for record in usable:  # every step of each child (their metric histories are thinned: run_toy in_sweep)
         csv = tracking.download(record.run_id, "trajectory.csv", scratch / record.run_id)
         if csv is not None:
-            paths[record.label] = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)[:, 1:3]
-    losses = {r.label: np.array(r.series("loss")[1]) for r in usable}
+            table = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)
+            paths[record.label], losses[record.label] = table[:, 1:3], table[:, 3]
     run.log_figure(figures.contour_figure(fn, paths), "plots/contour.png")
     if len(paths) > 1:
         run.log_figure(figures.panels_figure(fn, paths), "plots/contour_panels.png")
@@ -222,8 +222,8 @@ def draw_seeds(run: tracking.Run, task: str, per_seed: list[list[RunRecord]]) ->
             runs = [seed[index] for seed in per_seed if seed[index].has_run and seed[index].series(metric)[1]]
             if not runs:
                 continue
-            mean, low, high = tune_results.band([r.series(metric)[1] for r in runs])
-            steps = np.array(runs[0].series(metric)[0][: len(mean)])
+            steps, curves = tune_results.shared_steps([r.series(metric) for r in runs])
+            mean, low, high = tune_results.band(curves)
             panels[f"{metric} against {axes[0]}"][record.label] = (steps, mean, low, high)
             if task == "cifar":
                 seconds = tune_results.band([np.cumsum(r.series("epoch_time")[1]) for r in runs])[0]

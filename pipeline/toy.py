@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import sys
-import time
 
 import numpy as np
 import torch
@@ -15,7 +14,7 @@ from pipeline.core.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.core.provenance import code_version, config_hash
 from pipeline.training.hooks import RunHooks, RunLogger
 from pipeline.viz import figures, paths
-from pipeline.workloads.toy.descent import Trajectory, run_descent, run_descents, starting_points
+from pipeline.workloads.toy.descent import Trajectory, run_descent, starting_points
 from pipeline.workloads.toy.functions import Function2D, get_function
 
 
@@ -53,17 +52,20 @@ def outcome_tags(traj: Trajectory, point: int = 0) -> dict[str, str]:
     return tags
 
 
-def log_trajectory(run: RunLogger, fn: Function2D, traj: Trajectory, label: str) -> None:
-    """Per-step metrics in batched calls, the trajectory CSV and the three plots."""
-    now = int(time.time() * 1000)
-    run.log_steps([(step, now, {"loss": loss, "grad_norm": grad_norm, "distance_to_min": distance})
-                   for step, (loss, grad_norm, distance) in enumerate(zip(
-                       traj.losses[:, 0], traj.grad_norms[:, 0], traj.distances[:, 0]))])
+def log_trajectory(run: RunLogger, fn: Function2D, traj: Trajectory, label: str,
+                   sweep_steps: int | None = None) -> None:
+    """Per-step metrics in batched calls, the trajectory CSV (every step) and the three plots. A sweep's run
+    (`sweep_steps`: its steps budget) logs its metrics at tracking.HISTORY_POINTS steps and draws its loss on the
+    axes every run of that budget shares, over a background drawn once."""
+    points = None if sweep_steps is None else tracking.HISTORY_POINTS
+    run.log_steps(tracking.history_steps({"loss": traj.losses[:, 0], "grad_norm": traj.grad_norms[:, 0],
+                                          "distance_to_min": traj.distances[:, 0]}, points, sweep_steps))
     run.log_text(trajectory_csv(traj), "trajectory.csv")
     path = traj.positions[:, 0]  # over a background drawn once per function (viz/paths.py)
     run.log_figure(paths.contour_png(fn, label, path), "plots/contour.png")
     run.log_figure(paths.surface_png(fn, label, path), "plots/surface.png")
-    run.log_figure(figures.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
+    run.log_figure(figures.loss_figure(fn, {label: traj.losses[:, 0]}) if sweep_steps is None else
+                   paths.loss_png(fn, label, traj.losses[:, 0], sweep_steps), "plots/loss.png")
 
 
 def main(cfg: ToyConfig) -> int:
@@ -71,22 +73,20 @@ def main(cfg: ToyConfig) -> int:
     return run_toy(cfg)[1]
 
 
-def descents_of(cfgs: list[ToyConfig]) -> list[Trajectory]:
-    """What run_toy descends for each of several configs of one function, steps and tolerance (a tune's seed
-    reruns), all in one batched descent: each trajectory as run_toy's own."""
-    fn, first = get_function(cfgs[0].function), cfgs[0]
-    starts = [torch.tensor([resolve_start(cfg, fn)], dtype=torch.float64) for cfg in cfgs]
-    return run_descents(fn, [cfg.optimizer_settings for cfg in cfgs], starts, first.steps, first.tolerance)
+def start_of(cfg: ToyConfig) -> torch.Tensor:
+    """The (1, 2) start run_toy descends from, for a batched descent of several configs (a tune's seed reruns)
+    whose trajectories are then handed to run_toy."""
+    return torch.tensor([resolve_start(cfg, get_function(cfg.function))], dtype=torch.float64)
 
 
 def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks = RunHooks(),
-            quiet: bool = False, descended: Trajectory | None = None) -> tuple[str, int]:
-    """Descend (unless `descended` is its trajectory, from descents_of), log everything, print one summary line
-    (`quiet`: only if it diverged); returns (run id, exit code)."""
+            quiet: bool = False, descended: Trajectory | None = None, in_sweep: bool = False) -> tuple[str, int]:
+    """Descend (unless `descended` is its trajectory, from start_of), log everything (`in_sweep`: as a sweep's
+    run, log_trajectory), print one summary line (`quiet`: only if it diverged); returns (run id, exit code)."""
     fn = get_function(cfg.function)
     params = resolved_params(cfg, fn)
     torch.manual_seed(cfg.seed)
-    start = torch.tensor([resolve_start(cfg, fn)], dtype=torch.float64)
+    start = start_of(cfg)
     tags = {"task": "toy", "config_hash": config_hash(cfg), "code_version": code_version(), **hooks.tags}
     with tracking.open_run(cfg.experiment, hooks.name or f"{cfg.optimizer}-{cfg.function}", tags,
                            parent=parent) as run:
@@ -94,7 +94,7 @@ def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks 
         run.log_params(params)
         run.log_dict({**dataclasses.asdict(cfg), "resolved": params}, "config.json")
         traj = descended or run_descent(fn, cfg.optimizer_settings, start, cfg.steps, cfg.tolerance)
-        log_trajectory(run, fn, traj, cfg.optimizer)
+        log_trajectory(run, fn, traj, cfg.optimizer, cfg.steps if in_sweep else None)
         tags = outcome_tags(traj)
         run.set_tags(tags)
         line = summary_line(cfg, traj, tags, run.run_id)

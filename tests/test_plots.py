@@ -85,20 +85,39 @@ def _png_pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def test_a_path_drawn_over_the_cached_background_is_the_full_figure():
     """viz/paths.py: the same picture as contour_figure and surface_figure drawn in full, but for the legend's
     room (the longest optimizer name's), so only a narrow band of the axes differs; again for a second path (the
-    first's artists are gone); and a path that leaves the window is drawn in full, its window widened."""
+    first's artists are gone); and a path that leaves the window goes over a background widened to hold it, the
+    full figure of that window."""
     from pipeline.viz import paths
 
     fn = get_function("rosenbrock")
     for label, path in (("adafactor", np.array([[-1.5, 2.0], [-1.0, 1.0], [0.5, 0.3], [0.9, 0.8]])),
                         ("sgd", np.array([[1.5, -0.5], [0.0, 0.0]]))):
         for fast, full in ((paths.contour_png, figures.contour_figure), (paths.surface_png, figures.surface_figure)):
-            drawn, expected = _png_pixels(fast(fn, label, path)), _png_pixels(paths._png(full(fn, {label: path})))
+            drawn, expected = _png_pixels(fast(fn, label, path)), _png_pixels(_png(full(fn, {label: path})))
             assert drawn.shape == expected.shape
             if label == "adafactor":  # the longest name: the same layout as the full figure
                 assert (np.abs(drawn - expected).max(axis=2) > 40).mean() < 0.01, label
-    far = np.array([[0.0, 0.0], [9.0, 9.0]])  # outside the window: the full figure, whose window holds it
-    assert _png_pixels(paths.contour_png(fn, "adam", far)).shape == _png_pixels(paths._png(figures.contour_figure(
-        fn, {"adam": far}))).shape
+    (x0, x1), (y0, y1) = fn.window
+    out = np.array([[-1.5, 2.0], [x1 + 0.2 * (x1 - x0), y0 - 0.1 * (y1 - y0)], [0.9, 0.8]])  # out and back in
+    assert paths.reach_for(fn, out[:1]) == 0.0 and paths.reach_for(fn, out) == 0.25
+    assert paths.reach_for(fn, np.array([[0.0, 0.0], [1e6, 0.0]])) == paths.REACH[-1]  # held up to bounds' cap
+    for kind, fast, full in (("contour", paths.contour_png, figures.contour_figure),
+                             ("surface", paths.surface_png, figures.surface_figure)):
+        drawn = _png_pixels(fast(fn, "adafactor", out))
+        window = paths._background(fn, kind, 0.25).ax
+        assert window.get_xlim()[1] > out[1, 0] and window.get_ylim()[0] < out[1, 1]
+        expected = _png_pixels(_png(full(fn, {"adafactor": out, "": paths.corners(fn, 0.25)})))
+        assert (np.abs(drawn - expected).max(axis=2) > 40).mean() < 0.03, kind
+    losses = np.geomspace(100.0, 1e-6, 301) + fn.f_min  # a seed run's loss: on the axes of its steps budget
+    drawn = _png_pixels(paths.loss_png(fn, "adafactor", losses, 400))
+    expected = _png_pixels(_png(paths._loss_figure(fn, {"adafactor": losses}, 400)))
+    assert drawn.shape == expected.shape and (np.abs(drawn - expected).max(axis=2) > 40).mean() < 0.01

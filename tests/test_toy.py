@@ -126,6 +126,23 @@ def test_metrics_go_out_in_batches_not_one_call_per_value(tracking, monkeypatch)
         assert steps == list(range(501)) and np.isfinite(values).all(), key
 
 
+def test_a_sweeps_histories_keep_every_kth_step_of_the_budget_and_the_last():
+    """tracking.history_steps: a `toy` run logs every step; a sweep's run about HISTORY_POINTS of them on a grid
+    of its budget, so runs that stopped at different steps share theirs (compare's seed bands), the last always."""
+    from pipeline.tracking import HISTORY_POINTS, history_steps
+
+    def steps(count, budget):
+        kept = history_steps({"loss": np.arange(count) * 2.0}, HISTORY_POINTS, budget)
+        assert [values["loss"] for _, _, values in kept] == [2.0 * step for step, _, _ in kept]  # value = series[step]
+        return [step for step, _, _ in kept]
+
+    assert steps(501, 500) == [*range(0, 500, 5), 500] and len(steps(1001, 1000)) == HISTORY_POINTS
+    assert steps(347, 500) == [*range(0, 346, 5), 346]  # stopped early: the same grid, then its last step
+    assert set(steps(347, 500)) & set(steps(501, 500)) == set(range(0, 346, 5))
+    assert steps(60, 500) == list(range(60))  # short enough to keep whole
+    assert [s for s, _, _ in history_steps({"loss": np.zeros(501)})] == list(range(501))  # no thinning asked
+
+
 @pytest.mark.slow
 def test_mlflow_run_entry_point(tracking):
     experiment = new_experiment()
@@ -156,13 +173,15 @@ def test_mlflow_run_with_bad_input_leaves_no_run_running(tracking):
 
 @pytest.mark.parametrize("optimizer", ["adam", "momentum", "adafactor", "shampoo", "sfadamw"])
 def test_seed_reruns_descended_together_follow_each_runs_own_descent_exactly(optimizer):
-    """A tune's seed reruns descend their plotted starts in one batch (descents_of); each trajectory is the one
-    the run would have descended alone, to the bit."""
+    """A tune's seed reruns descend their plotted starts in one batch with their score's starts
+    (scores.scored_descents); each trajectory is the one the run would have descended alone, to the bit, and each
+    score curve the one score_curve gives alone."""
     import dataclasses
 
     import torch
 
-    from pipeline.toy import descents_of, resolve_start
+    from pipeline.toy import resolve_start, start_of
+    from pipeline.workloads.toy import scores
     from pipeline.workloads.toy.descent import run_descent
     from pipeline.workloads.toy.functions import get_function
 
@@ -170,7 +189,12 @@ def test_seed_reruns_descended_together_follow_each_runs_own_descent_exactly(opt
                                 "lr": "0.003"})
     cfgs = [dataclasses.replace(base, seed=seed) for seed in (1, 2, 3)]
     fn = get_function("rosenbrock")
-    for cfg, together in zip(cfgs, descents_of(cfgs)):
+    curves, trajs = scores.scored_descents(fn, [c.optimizer_settings for c in cfgs], 16, [1, 2, 3], base.steps,
+                                           base.tolerance, [start_of(c) for c in cfgs])
+    for cfg, curve in zip(cfgs, curves):
+        assert np.array_equal(curve, scores.score_curve(fn, cfg.optimizer_settings, 16, cfg.seed, cfg.steps,
+                                                        cfg.tolerance))
+    for cfg, together in zip(cfgs, trajs):
         alone = run_descent(fn, cfg.optimizer_settings, torch.tensor([resolve_start(cfg, fn)], dtype=torch.float64),
                             cfg.steps, cfg.tolerance)
         assert np.array_equal(together.positions, alone.positions) and np.array_equal(together.losses, alone.losses)

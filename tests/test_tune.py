@@ -16,7 +16,7 @@ from conftest import artifact_files, cli, metric_history, new_experiment, runs_o
 
 OPTIMIZERS, FUNCTIONS, K, S = ("adam", "sgd"), ("rosenbrock", "ackley"), 3, 2
 TOY = ("--optimizers", ",".join(OPTIMIZERS), "--functions", ",".join(FUNCTIONS), "--trials", str(K),
-       "--seeds", str(S), "--steps", "100", "--starts", "16")
+       "--seeds", str(S), "--steps", "250", "--starts", "16")
 
 
 def _storage(store_uri: str) -> str:
@@ -73,13 +73,21 @@ def test_one_parent_a_child_per_optimizer_and_trials_defaults_seeds_under_each(t
 def test_a_toy_trial_logs_a_score_curve_and_a_seed_run_is_an_ordinary_toy_run(toy_tune):
     _, _, client, runs = toy_tune
     trial, seed = _by_role(runs, "trial")[0], _by_role(runs, "seed")[0]
-    steps, values = metric_history(client, trial.info.run_id, "score")
-    assert steps == list(range(101)) and np.isfinite(values).all() and (values >= 0).all()
+    steps, values = metric_history(client, trial.info.run_id, "score")  # 250 steps: every 3rd and the last
+    assert steps == [*range(0, 250, 3), 250] and np.isfinite(values).all() and (values >= 0).all()
+    assert values[-1] == pytest.approx(float(trial.data.metrics["score"]))
     assert artifact_files(client, trial.info.run_id) == set()  # no plot per start
     assert trial.data.params["starts"] == "16" and "lr" in trial.data.params
     assert {"trajectory.csv", "plots/contour.png", "plots/surface.png", "plots/loss.png"} <= \
         artifact_files(client, seed.info.run_id)
     assert seed.data.params["start"] != "default" and "loss" in seed.data.metrics and "score" in seed.data.metrics
+    with tempfile.TemporaryDirectory() as scratch:  # every step in the CSV; the loss history on the same grid
+        table = np.loadtxt(client.download_artifacts(seed.info.run_id, "trajectory.csv", scratch), delimiter=",",
+                           skiprows=1, ndmin=2)
+    steps, values = metric_history(client, seed.info.run_id, "loss")
+    assert table[:, 0].tolist() == list(range(len(table))) and len(steps) <= 101
+    assert steps[:-1] == list(range(0, len(table) - 1, 3)) and steps[-1] == len(table) - 1
+    assert list(values) == table[steps, 3].tolist()
 
 
 def test_every_optimizer_gets_exactly_k_trials_from_the_same_space(toy_tune, store_uri):

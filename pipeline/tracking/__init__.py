@@ -12,14 +12,16 @@ Importing this package loads MLflow: the command line validates every param befo
 """
 from pipeline.tracking.experiments import ensure_experiment, local_store_folder
 from pipeline.tracking.handed import check_handed_experiment, fail_handed_run, handed_run_tags, note_handed_run
-from pipeline.tracking.run import Run, end_run, existing_run, fail_run, kill_run, open_run
+from pipeline.tracking.run import (HISTORY_POINTS, Run, end_run, existing_run, fail_run, history_steps, kill_run,
+                                   open_run)
 from pipeline.tracking.server import check_server, is_permanent, is_store_error, tracking_uri
 from pipeline.tracking.store import (SWEEPS_TAG, add_to_sweep, download, fetch_run, find_finished_run,
                                      find_resumable_run, last_step, latest_runs, load_predictor, run_exists,
                                      running_runs, set_alias, share_sweep_view, sweep_link)
 
-__all__ = ["Run", "SWEEPS_TAG", "add_to_sweep", "check_handed_experiment", "check_server", "download",
-           "end_run", "ensure_experiment", "existing_run", "fail_handed_run", "fail_run", "fetch_run",
-           "find_finished_run", "find_resumable_run", "handed_run_tags", "is_permanent", "is_store_error",
-           "kill_run", "last_step", "latest_runs", "load_predictor", "local_store_folder", "note_handed_run",
-           "open_run", "run_exists", "running_runs", "set_alias", "share_sweep_view", "sweep_link", "tracking_uri"]
+__all__ = ["HISTORY_POINTS", "Run", "SWEEPS_TAG", "add_to_sweep", "check_handed_experiment", "check_server",
+           "download", "end_run", "ensure_experiment", "existing_run", "fail_handed_run", "fail_run", "fetch_run",
+           "find_finished_run", "find_resumable_run", "handed_run_tags", "history_steps", "is_permanent",
+           "is_store_error", "kill_run", "last_step", "latest_runs", "load_predictor", "local_store_folder",
+           "note_handed_run", "open_run", "run_exists", "running_runs", "set_alias", "share_sweep_view", "sweep_link",
+           "tracking_uri"]

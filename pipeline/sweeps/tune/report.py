@@ -68,7 +68,8 @@ def _seed_bands(cfg: TuneConfig, results: list[StudyResult], metric: str) -> dic
         length = min(len(c) for c in curves)
         band = tune_results.band(curves)
         axis = {"cifar": "epoch", "toy": "step"}.get(cfg.kind, "evaluation")
-        steps = np.arange(1, length + 1) if cfg.kind != "toy" else np.arange(length)
+        logged = next(np.array([step for step, _ in h[metric]]) for h in histories if h[metric])
+        steps = np.arange(1, length + 1) if cfg.kind != "toy" else logged[:length]  # toy: tracking.HISTORY_POINTS
         panels.setdefault(f"{result.workload}: {metric} against {axis}", {})[result.optimizer] = (steps, *band)
         if cfg.kind == "cifar":
             seconds = np.stack([np.cumsum([v for _, v in h["epoch_time"]][:length]) for h in histories

@@ -163,6 +163,12 @@ def profiles(table: dict[str, dict[str, float]], taus: np.ndarray) -> dict[str, 
     return curves
 
 
+def shared_steps(series: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tuple[np.ndarray, list[list[float]]]:
+    """(steps, values) histories of several runs at the steps all of them logged: those steps, each run's values."""
+    common = sorted(set.intersection(*(set(steps) for steps, _ in series)))
+    return np.array(common), [[dict(zip(*pair))[step] for step in common] for pair in series]
+
+
 def band(curves: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, min and max over curves at each step, up to the shortest curve's length."""
     length = min(len(c) for c in curves)

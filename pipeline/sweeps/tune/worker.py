@@ -174,16 +174,10 @@ class Worker(Studies):
         return values
 
     def _toy_runs(self, plan: StudyPlan, phase: str, trials: list, cfgs: list) -> list:
-        first = cfgs[0]
-        curve_of = lambda: scores.score_curves(get_function(first.function),  # noqa: E731
-                                               [c.optimizer_settings for c in cfgs], self.cfg.starts,
-                                               [c.seed for c in cfgs], first.steps, first.tolerance)
-        if phase == "seeds":
-            from pipeline.toy import descents_of  # noqa: PLC0415 - toy's plotting loads only for seed runs
-
-            curves = curve_of()
+        if phase == "seeds":  # each an ordinary toy run of one random start, descended with the score's starts
             plotted = [dataclasses.replace(cfg, start="random") for cfg in cfgs]
-            for trial, cfg, curve, traj in zip(trials, plotted, curves, descents_of(plotted)):
+            curves, trajs = self._descend(cfgs, plotted)
+            for trial, cfg, curve, traj in zip(trials, plotted, curves, trajs):
                 self._seed_run(plan, trial, cfg, curve, traj)
             return curves
         with contextlib.ExitStack() as stack:
@@ -193,10 +187,21 @@ class Worker(Studies):
                     cfg.experiment, run_name(plan, phase, cfg, trial.number, bool(trial.user_attrs.get(DEFAULT_ATTR))),
                     {"task": "toy", **self.tags(plan, phase, trial)}, parent=self.parent(plan))))
                 trial.set_user_attr("run_id", runs[-1].run_id)
-            curves = curve_of()
+            curves = self._descend(cfgs, [])[0]
             for run, cfg, curve in zip(runs, cfgs, curves):
                 run.log_steps(_score_steps(curve), params={**logged_params(cfg), "starts": self.cfg.starts})
         return curves
+
+    def _descend(self, cfgs: list, plotted: list) -> tuple[list, list]:
+        """The score curves of toy trials `cfgs`, and in the same descent the trajectory of each `plotted` config
+        (scores.scored_descents)."""
+        first = cfgs[0]
+        starts = []
+        if plotted:
+            from pipeline.toy import start_of  # noqa: PLC0415 - toy's plotting loads only for seed runs
+            starts = [start_of(cfg) for cfg in plotted]
+        return scores.scored_descents(get_function(first.function), [c.optimizer_settings for c in cfgs],
+                                      self.cfg.starts, [c.seed for c in cfgs], first.steps, first.tolerance, starts)
 
     def _seed_run(self, plan: StudyPlan, trial: optuna.trial.Trial, cfg: Any, curve: Any, traj: Any) -> None:
         """A seed rerun: an ordinary toy run of one random start (its figures, trajectory `traj` and outcome),
@@ -209,7 +214,7 @@ class Worker(Studies):
 
         tags = {**self.tags(plan, "seeds", trial), "seed": str(cfg.seed)}
         hooks = RunHooks(tags=tags, name=run_name(plan, "seeds", cfg, trial.number), on_open=opened)
-        run_toy(cfg, self.parent(plan), hooks, quiet=not self.cfg.verbose, descended=traj)
+        run_toy(cfg, self.parent(plan), hooks, quiet=not self.cfg.verbose, descended=traj, in_sweep=True)
 
     def parent(self, plan: StudyPlan) -> tracking.Run:
         if plan.label not in self.parents:
@@ -232,9 +237,8 @@ def run_name(plan: StudyPlan, phase: str, cfg: Any, number: int, default: bool =
 
 
 def _score_steps(curve: Any) -> list:
-    """A score curve as logged steps (one timestamp: they were computed together)."""
-    now = int(time.time() * 1000)
-    return [(step, now, {"score": float(value)}) for step, value in enumerate(curve)]
+    """A score curve as logged steps: a sweep's history (tracking.HISTORY_POINTS), its last step the score."""
+    return tracking.history_steps({"score": curve}, tracking.HISTORY_POINTS)
 
 
 def _point(cfg: Any, plan: StudyPlan) -> str:

@@ -54,10 +54,21 @@ def score_curves(fn: Function2D, settings: Sequence[OptimizerSettings], starts: 
                  steps: int, tolerance: float) -> list[np.ndarray]:
     """score_curve of each (settings, seed) pair (one optimizer, e.g. a study's trials), descended together;
     compiled where the batch is large enough to pay for the compile."""
+    return scored_descents(fn, settings, starts, seeds, steps, tolerance)[0]
+
+
+def scored_descents(fn: Function2D, settings: Sequence[OptimizerSettings], starts: int, seeds: Sequence[int],
+                    steps: int, tolerance: float, plotted: Sequence[torch.Tensor] = ()
+                    ) -> tuple[list[np.ndarray], list[Trajectory]]:
+    """score_curves, and in the same batched descent one more descent per (settings, `plotted` starts (n, 2))
+    pair (a tune's seed runs: the start each plots); returns (the curves, the plotted trajectories), each
+    trajectory as run_descent records it alone."""
     batch = [starting_points(fn, starts, seed) for seed in seeds]
-    trajs = run_descents(fn, settings, batch, steps, tolerance, compiled=starts * len(seeds) * steps >= COMPILE_FROM)
-    curves = [capped_gaps(fn, traj).mean(axis=1) for traj in trajs]
-    return [np.concatenate([curve, np.full(steps + 1 - len(curve), curve[-1])]) for curve in curves]
+    compiled = (starts * len(seeds) + sum(map(len, plotted))) * steps >= COMPILE_FROM
+    trajs = run_descents(fn, [*settings, *settings[: len(plotted)]], [*batch, *plotted], steps, tolerance, compiled)
+    curves = [capped_gaps(fn, traj).mean(axis=1) for traj in trajs[: len(batch)]]
+    return [np.concatenate([curve, np.full(steps + 1 - len(curve), curve[-1])]) for curve in curves], \
+        trajs[len(batch):]
 
 
 def basin_map(fn: Function2D, settings: OptimizerSettings, steps: int, tolerance: float,
