@@ -24,7 +24,7 @@ LAYERS = [
     {"training.runlog", "landscape.report"},
     {"tracking.", "viz.", "sweeps.summary", "sweeps.tune.results", "sweeps.tune.verdict",
      "sweeps.tune.search", "sweeps.tune.batch", "sweeps.tune.claim", "training.hooks", "workloads.toy.scores"},
-    {"workloads.toy.descent", "training.loop", "training.checkpoint", "landscape.loss_grid"},
+    {"workloads.toy.descent", "training.loop", "training.checkpoint", "landscape.loss_grid", "sweeps.tune.budget"},
     {"workloads.registry", "workloads.user"},
     {"optim.", "workloads.toy.functions", "workloads.toy.reference", "workloads.cifar.", "training.distributed",
      "training.objective", "workloads.quadratic", "workloads.text.", "workloads.spec", "landscape.plane"},

@@ -190,7 +190,7 @@ def test_seed_reruns_descended_together_follow_each_runs_own_descent_exactly(opt
     cfgs = [dataclasses.replace(base, seed=seed) for seed in (1, 2, 3)]
     fn = get_function("rosenbrock")
     curves, trajs = scores.scored_descents(fn, [c.optimizer_settings for c in cfgs], 16, [1, 2, 3], base.steps,
-                                           base.tolerance, [start_of(c) for c in cfgs])
+                                           base.tolerance, [(c.optimizer_settings, start_of(c)) for c in cfgs])
     for cfg, curve in zip(cfgs, curves):
         assert np.array_equal(curve, scores.score_curve(fn, cfg.optimizer_settings, 16, cfg.seed, cfg.steps,
                                                         cfg.tolerance))

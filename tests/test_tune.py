@@ -361,3 +361,26 @@ def test_every_study_starts_with_the_default_setting_and_holds_exactly_k_trials(
         assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == K
         assert sum(bool(t.user_attrs.get("default")) for t in study.trials) == 1
     assert not _studies(store_uri, key, "default")
+
+
+def test_the_basin_map_descended_with_the_seed_reruns_is_the_tuned_settings_own(toy_tune, store_uri):
+    """A toy study's first seed trial carries its best setting's basin map (its grid descended in the seed batch);
+    it equals scores.basin_map of that setting descended alone, the map the report draws in basins.png."""
+    import dataclasses
+
+    from pipeline.config.tune import build_tune
+    from pipeline.workloads.toy import scores
+    from pipeline.workloads.toy.functions import get_function
+
+    _, _, _, runs = toy_tune
+    (parent,) = [r for r in runs if r.data.tags.get("task") == "tune"]
+    key = parent.data.tags["tune_key"]
+    cfg = build_tune({"task": "toy", "optimizers": ",".join(OPTIMIZERS), "functions": ",".join(FUNCTIONS),
+                      "trials": str(K), "seeds": str(S), "steps": "250", "starts": "16"})
+    trials, seeds = _studies(store_uri, key, "trials"), _studies(store_uri, key, "seeds")
+    for plan in cfg.children:
+        carried = [t.user_attrs["basin"] for t in seeds[plan.label].trials if "basin" in t.user_attrs]
+        assert len(carried) == 1, plan.label  # the first seed's trial only
+        settings = dataclasses.replace(plan.base, **trials[plan.label].best_trial.params).optimizer_settings
+        alone = scores.basin_map(get_function(plan.workload), settings, plan.base.steps, plan.base.tolerance)
+        assert np.array_equal(scores.basin_from_text(carried[0]), alone), plan.label

@@ -14,7 +14,7 @@ from pipeline.sweeps.tune import results as tune_results
 from pipeline.sweeps.tune import ruling, search
 from pipeline.sweeps.tune.results import StudyResult, TrialRecord
 from pipeline.sweeps.tune.studies import Studies
-from pipeline.sweeps.tune.worker import DEFAULT_ATTR, RunIds
+from pipeline.sweeps.tune.worker import BASIN_ATTR, DEFAULT_ATTR, RunIds
 from pipeline.viz import tune as tune_figures
 from pipeline.workloads.toy import scores
 from pipeline.workloads.toy.functions import get_function
@@ -34,7 +34,7 @@ def _records(studies: Studies, plan: StudyPlan, phase: str) -> list[TrialRecord]
         seed = trial.user_attrs.get("seed_index")
         found.append(TrialRecord(trial.number, state, dict(trial.params), value, trial.user_attrs.get("run_id", ""),
                                  None if seed is None else plan.base.seed + 1 + int(seed),
-                                 bool(trial.user_attrs.get(DEFAULT_ATTR))))
+                                 bool(trial.user_attrs.get(DEFAULT_ATTR)), trial.user_attrs.get(BASIN_ATTR, "")))
     return found
 
 
@@ -85,10 +85,13 @@ def _basins(cfg: TuneConfig, results: list[StudyResult]) -> tuple[dict, dict]:
     for plan, result in zip(cfg.children, results):
         if result.best is None:
             continue
+        mapped = [seed.basin for seed in result.seeds if seed.basin]  # descended with the seed reruns
+        if mapped:
+            maps.setdefault(plan.workload, {})[plan.optimizer] = scores.basin_from_text(mapped[0])
+            continue
         settings = dataclasses.replace(plan.base, **result.best.params).optimizer_settings
-        fn = get_function(plan.workload)
-        maps.setdefault(plan.workload, {})[plan.optimizer] = scores.basin_map(fn, settings, plan.base.steps,
-                                                                              plan.base.tolerance)
+        maps.setdefault(plan.workload, {})[plan.optimizer] = scores.basin_map(get_function(plan.workload), settings,
+                                                                              plan.base.steps, plan.base.tolerance)
     return maps, {w: get_function(w).window for w in maps}
 
 

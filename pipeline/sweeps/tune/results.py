@@ -21,6 +21,7 @@ class TrialRecord:
     run_id: str = ""
     seed: int | None = None  # seed reruns: the seed they ran
     default: bool = False  # the optimizer's own default setting, queued as the study's first trial
+    basin: str = ""  # a toy study's first seed rerun: its setting's basin map (scores.basin_text), descended with it
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.config.tune import TuneConfig
-from pipeline.sweeps.tune import verdict
+from pipeline.sweeps.tune import budget, verdict
 from pipeline.sweeps.tune.results import StudyResult
 from pipeline.sweeps.tune.worker import RunIds
 from pipeline.viz import verdict as verdict_figures
@@ -31,7 +31,7 @@ def judge(cfg: TuneConfig, results: list[StudyResult]) -> tuple[dict, dict, dict
         rows = [verdict.seed_row(r.optimizer, [s.value for s in r.seeds], [s.run_id for s in r.seeds]) for r in mine]
         per_workload[workload] = verdict.judge(rows, metric, direction)
         defaults[workload] = {r.optimizer: r.default.value if r.default else None for r in mine}
-        curves[workload] = {r.optimizer: verdict.budget_curve([t.value for t in r.trials if t.state == "complete"],
+        curves[workload] = {r.optimizer: budget.budget_curve([t.value for t in r.trials if t.state == "complete"],
                                                               direction) for r in mine}
     return per_workload, defaults, curves
 

@@ -1,6 +1,6 @@
 """A tune's verdict: seed rows with 95% t-intervals, Welch's tests against the best with Holm's correction, a
-winner only when every other optimizer is significantly worse, the expected best score after k trials (Dodge et al.
-2019, "Show Your Work"), AlgoPerf's benchmark score over workloads, and the verdict as JSON and Markdown.
+winner only when every other optimizer is significantly worse, AlgoPerf's benchmark score over workloads, and the
+verdict as JSON and Markdown (with budget.py's reading of the tuning-budget curves).
 Pure: numpy and scipy.stats only; no MLflow, no plotting, no files."""
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from scipy import stats
+
+from pipeline.sweeps.tune.budget import budget_reading, check_direction as _check, finite as _finite
 
 POWER = 0.8  # seeds_needed: the chance of telling the closest pair apart, were the observed gap real
 
@@ -46,15 +48,6 @@ class Verdict:
     direction: str  # "max" or "min"
     rows: list[Row]
     decision: Decision
-
-
-def _finite(scores: Sequence[float | None]) -> list[float]:
-    return [float(s) for s in scores if s is not None and not math.isnan(s)]
-
-
-def _check(direction: str) -> None:
-    if direction not in ("max", "min"):
-        raise ValueError(f"direction {direction!r}: choose max or min")
 
 
 def seed_row(optimizer: str, scores: Sequence[float | None], run_ids: Sequence[str]) -> Row:
@@ -110,15 +103,26 @@ def rank(rows: Sequence[Row], direction: str) -> list[Row]:
     return [replace(ordered[0], p_adjusted=None)] + [replace(r, p_adjusted=p) for r, p in zip(ordered[1:], adjusted)]
 
 
-def seeds_needed(best: Row, other: Row, alpha: float = 0.05, power: float = POWER) -> int | None:
-    """Approximate seeds per optimizer for a two-sided test at `alpha` to see the observed gap with `power`:
-    n = ceil(2 ((z_{1-alpha/2} + z_power) s / d)^2), s the pooled sd; at least 2 (Welch needs them)."""
-    d = abs(best.mean - other.mean)
-    s = math.sqrt((best.sd ** 2 + other.sd ** 2) / 2)
-    if not d or not s or math.isnan(d) or math.isnan(s):
+def seeds_needed(best: Row, other: Row, alpha: float = 0.05, power: float = POWER, comparisons: int = 1) -> int | None:
+    """Approximate seeds per optimizer for Welch's test to see the observed gap at the observed sds with `power`
+    at alpha / `comparisons` (what Holm asks of the closest pair at worst): the first n whose noncentral-t power
+    (Welch-Satterthwaite df) reaches it, by doubling then bisection; None without a gap or a spread."""
+    d, v1, v2 = abs(best.mean - other.mean), best.sd ** 2, other.sd ** 2
+    if not d or not (v1 + v2) or math.isnan(d + v1 + v2):
         return None
-    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    return max(2, math.ceil(2 * (z * s / d) ** 2))
+    level = alpha / max(1, comparisons)
+
+    def reaches(n: int) -> bool:
+        df, ncp = (n - 1) * (v1 + v2) ** 2 / (v1 ** 2 + v2 ** 2), d / math.sqrt((v1 + v2) / n)
+        critical = stats.t.ppf(1 - level / 2, df)
+        return stats.nct.sf(critical, df, ncp) + stats.nct.cdf(-critical, df, ncp) >= power
+
+    low, high = 1, 2
+    while not reaches(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        low, high = (low, (low + high) // 2) if reaches((low + high) // 2) else ((low + high) // 2, high)
+    return high
 
 
 def _names(names: Sequence[str]) -> str:
@@ -130,7 +134,7 @@ def decide(rows: Sequence[Row], alpha: float = 0.05) -> Decision:
     if not rows:
         return Decision(None, [], "no optimizer gave a score", None)
     best, others = rows[0], rows[1:]
-    needed = seeds_needed(best, others[0], alpha) if others else None
+    needed = seeds_needed(best, others[0], alpha, comparisons=len(others)) if others else None
     worse = [r.p_adjusted is not None and r.p_adjusted < alpha for r in others]
     if all(worse):
         p = max((r.p_adjusted for r in others), default=None)
@@ -141,8 +145,9 @@ def decide(rows: Sequence[Row], alpha: float = 0.05) -> Decision:
     seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     text = f"{_names(tied)} are not told apart by {seeds} seeds"
     if needed is not None:
+        over = f" over {len(others)} comparisons" if len(others) > 1 else ""
         text += (f"; about {needed} seeds each would tell {best.optimizer} from {others[0].optimizer} "
-                 f"(approximate: alpha {alpha:g}, power {POWER:g}, at the observed spread)")
+                 f"(approximate: Welch's test at alpha {alpha:g}{over}, power {POWER:g}, at the observed spread)")
     return Decision(None, tied, text, needed)
 
 
@@ -150,23 +155,6 @@ def judge(rows: Sequence[Row], score_metric: str, direction: str, alpha: float =
     """Rank and decide one workload."""
     ranked = rank(rows, direction)
     return Verdict(score_metric, direction, ranked, decide(ranked, alpha))
-
-
-def expected_best(scores: Sequence[float | None], k: int, direction: str) -> float:
-    """The expected best of k trials drawn without replacement from the observed ones (failed ones dropped),
-    exactly: the i-th in order from the worst is the best of k with chance C(i-1, k-1) / C(K, k)."""
-    _check(direction)
-    values = sorted(_finite(scores), reverse=direction == "min")
-    total = len(values)
-    if not 1 <= k <= total:
-        raise ValueError(f"k = {k}: choose 1 to {total}, the trials that gave a score")
-    ways = math.comb(total, k)  # int / int: one correctly rounded division per term, even for huge counts
-    return float(sum(math.comb(i - 1, k - 1) / ways * v for i, v in enumerate(values, start=1) if i >= k))
-
-
-def budget_curve(scores: Sequence[float | None], direction: str) -> list[float]:
-    """expected_best for k = 1 .. K, K the trials that gave a score."""
-    return [expected_best(scores, k, direction) for k in range(1, len(_finite(scores)) + 1)]
 
 
 def median_time(values: Sequence[float | None]) -> float:
@@ -246,21 +234,6 @@ def _tuning(verdict: Verdict, defaults: Mapping[str, float | None]) -> list[str]
             f"{r.mean - default:+.4g} ({'better' if gain > 0 else 'worse' if gain < 0 else 'same'})"
         lines.append(f"| {r.optimizer} | {_number(default)} | {_number(r.mean)} | {change} |")
     return lines
-
-
-def budget_reading(curves: Mapping[str, Sequence[float]], direction: str) -> str:
-    """One line: who leads after one trial and who after the most trials every optimizer has."""
-    _check(direction)
-    curves = {o: c for o, c in curves.items() if c}
-    if not curves:
-        return "no trial gave a score"
-    k = min(len(c) for c in curves.values())
-    pick = max if direction == "max" else min
-    first = pick(curves, key=lambda o: curves[o][0])
-    last = pick(curves, key=lambda o: curves[o][k - 1])
-    if first == last:
-        return f"{first} leads after 1 trial and after {k}"
-    return f"after 1 trial {first} leads; after {k}, {last}"
 
 
 def verdict_markdown(per_workload: Mapping[str, Verdict], profile: Mapping[str, float],

@@ -26,6 +26,7 @@ from pipeline.workloads.toy.functions import get_function
 
 ROLES = {"trials": "trial", "seeds": "seed"}
 DEFAULT_ATTR = "default"  # user attr of the trial that is the optimizer's own default setting (trial 0)
+BASIN_ATTR = "basin"  # user attr of a toy study's first seed trial: its setting's basin map (scores.basin_text)
 
 
 def default_point(plan: StudyPlan) -> dict[str, float]:
@@ -176,7 +177,13 @@ class Worker(Studies):
     def _toy_runs(self, plan: StudyPlan, phase: str, trials: list, cfgs: list) -> list:
         if phase == "seeds":  # each an ordinary toy run of one random start, descended with the score's starts
             plotted = [dataclasses.replace(cfg, start="random") for cfg in cfgs]
-            curves, trajs = self._descend(cfgs, plotted)
+            # The first seed's trial carries the tuned setting's basin map (the report's basins.png), its grid
+            # descended in the same batch: one descent fewer per study.
+            mapped = [t for t, cfg in zip(trials, cfgs) if cfg.seed == plan.base.seed + 1]
+            curves, trajs = self._descend(cfgs, plotted, basin=bool(mapped))
+            if mapped:
+                fn = get_function(cfgs[0].function)
+                mapped[0].set_user_attr(BASIN_ATTR, scores.basin_text(scores.basin_of(fn, trajs.pop())))
             for trial, cfg, curve, traj in zip(trials, plotted, curves, trajs):
                 self._seed_run(plan, trial, cfg, curve, traj)
             return curves
@@ -192,16 +199,18 @@ class Worker(Studies):
                 run.log_steps(_score_steps(curve), params={**logged_params(cfg), "starts": self.cfg.starts})
         return curves
 
-    def _descend(self, cfgs: list, plotted: list) -> tuple[list, list]:
-        """The score curves of toy trials `cfgs`, and in the same descent the trajectory of each `plotted` config
-        (scores.scored_descents)."""
-        first = cfgs[0]
-        starts = []
+    def _descend(self, cfgs: list, plotted: list, basin: bool = False) -> tuple[list, list]:
+        """The score curves of toy trials `cfgs`, and in the same descent the trajectory of each `plotted` config,
+        then (`basin`) of the basin grid at the first config's setting (scores.scored_descents)."""
+        first, also = cfgs[0], []
+        fn = get_function(first.function)
         if plotted:
             from pipeline.toy import start_of  # noqa: PLC0415 - toy's plotting loads only for seed runs
-            starts = [start_of(cfg) for cfg in plotted]
-        return scores.scored_descents(get_function(first.function), [c.optimizer_settings for c in cfgs],
-                                      self.cfg.starts, [c.seed for c in cfgs], first.steps, first.tolerance, starts)
+            also = [(cfg.optimizer_settings, start_of(cfg)) for cfg in plotted]
+        if basin:
+            also.append((first.optimizer_settings, scores.basin_starts(fn, first.optimizer_settings)))
+        return scores.scored_descents(fn, [c.optimizer_settings for c in cfgs], self.cfg.starts,
+                                      [c.seed for c in cfgs], first.steps, first.tolerance, also)
 
     def _seed_run(self, plan: StudyPlan, trial: optuna.trial.Trial, cfg: Any, curve: Any, traj: Any) -> None:
         """A seed rerun: an ordinary toy run of one random start (its figures, trajectory `traj` and outcome),

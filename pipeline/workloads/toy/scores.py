@@ -58,31 +58,51 @@ def score_curves(fn: Function2D, settings: Sequence[OptimizerSettings], starts: 
 
 
 def scored_descents(fn: Function2D, settings: Sequence[OptimizerSettings], starts: int, seeds: Sequence[int],
-                    steps: int, tolerance: float, plotted: Sequence[torch.Tensor] = ()
+                    steps: int, tolerance: float, also: Sequence[tuple[OptimizerSettings, torch.Tensor]] = ()
                     ) -> tuple[list[np.ndarray], list[Trajectory]]:
-    """score_curves, and in the same batched descent one more descent per (settings, `plotted` starts (n, 2))
-    pair (a tune's seed runs: the start each plots); returns (the curves, the plotted trajectories), each
-    trajectory as run_descent records it alone."""
+    """score_curves, and in the same batched descent one more descent per (settings, starts (n, 2)) pair of
+    `also` (a tune's seed runs: the start each plots, the basin grid); returns (the curves, the trajectories of
+    `also`), each trajectory as run_descent records it alone."""
     batch = [starting_points(fn, starts, seed) for seed in seeds]
-    compiled = (starts * len(seeds) + sum(map(len, plotted))) * steps >= COMPILE_FROM
-    trajs = run_descents(fn, [*settings, *settings[: len(plotted)]], [*batch, *plotted], steps, tolerance, compiled)
+    compiled = (starts * len(seeds) + sum(len(group) for _, group in also)) * steps >= COMPILE_FROM
+    trajs = run_descents(fn, [*settings, *(s for s, _ in also)], [*batch, *(group for _, group in also)], steps,
+                         tolerance, compiled)
     curves = [capped_gaps(fn, traj).mean(axis=1) for traj in trajs[: len(batch)]]
     return [np.concatenate([curve, np.full(steps + 1 - len(curve), curve[-1])]) for curve in curves], \
         trajs[len(batch):]
 
 
-def basin_map(fn: Function2D, settings: OptimizerSettings, steps: int, tolerance: float,
-              size: int | None = None) -> np.ndarray:
-    """(size, size) booleans, rows y and columns x over the plot window: which starts of a regular grid end
-    within BASIN_RADIUS of the window of a global minimum (or converged), run as one batched descent. The
-    grid is BASIN_GRID a side, BASIN_GRID_PER_START for optimizers whose starts descend one tensor each."""
-    together = settings.spec.elementwise or settings.spec.rows
-    size = size or (BASIN_GRID if together else BASIN_GRID_PER_START)
+def basin_starts(fn: Function2D, settings: OptimizerSettings, size: int | None = None) -> torch.Tensor:
+    """The regular grid of starts a basin map descends from, rows y and columns x over the plot window: `size`
+    a side, by default BASIN_GRID (BASIN_GRID_PER_START for optimizers whose starts descend one tensor each)."""
+    size = size or (BASIN_GRID if settings.spec.elementwise or settings.spec.rows else BASIN_GRID_PER_START)
     (x0, x1), (y0, y1) = fn.window
     x, y = np.meshgrid(np.linspace(x0, x1, size), np.linspace(y0, y1, size))
-    starts = torch.tensor(np.column_stack([x.ravel(), y.ravel()]), dtype=torch.float64)
-    traj = run_descent(fn, settings, starts, steps, tolerance)
-    radius = BASIN_RADIUS * min(x1 - x0, y1 - y0)
+    return torch.tensor(np.column_stack([x.ravel(), y.ravel()]), dtype=torch.float64)
+
+
+def basin_of(fn: Function2D, traj: Trajectory) -> np.ndarray:
+    """(size, size) booleans from a descent of basin_starts: which starts ended within BASIN_RADIUS of the window
+    of a global minimum (or converged)."""
+    (x0, x1), (y0, y1) = fn.window
     final = traj.distances[-1]
-    reached = (np.isfinite(final) & (final <= radius)) | (traj.converged_step >= 0)
+    reached = (np.isfinite(final) & (final <= BASIN_RADIUS * min(x1 - x0, y1 - y0))) | (traj.converged_step >= 0)
+    size = round(len(reached) ** 0.5)
     return reached.reshape(size, size)
+
+
+def basin_map(fn: Function2D, settings: OptimizerSettings, steps: int, tolerance: float,
+              size: int | None = None) -> np.ndarray:
+    """basin_of one batched descent from basin_starts (a tune's seed batch descends the grid alongside its own)."""
+    return basin_of(fn, run_descent(fn, settings, basin_starts(fn, settings, size), steps, tolerance))
+
+
+def basin_text(reached: np.ndarray) -> str:
+    """A basin map as text of 0s and 1s, row after row (an Optuna user attr: JSON)."""
+    return "".join("1" if flag else "0" for flag in reached.ravel())
+
+
+def basin_from_text(text: str) -> np.ndarray:
+    """basin_text's map again."""
+    size = round(len(text) ** 0.5)
+    return np.array([char == "1" for char in text], dtype=bool).reshape(size, size)
