@@ -150,5 +150,7 @@ def _encode(canvas: FigureCanvasAgg) -> bytes:
     from PIL import Image  # noqa: PLC0415
 
     buffer = io.BytesIO()
-    Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).save(buffer, format="png")
+    # zlib level 3: the same pixels, 6% larger files, a third less time than PIL's default 6 (22 -> 15 ms)
+    Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).save(buffer, format="png",
+                                                                                  compress_level=3)
     return buffer.getvalue()
