@@ -62,14 +62,16 @@ def _seed_bands(cfg: TuneConfig, results: list[StudyResult], metric: str) -> dic
     keys = (metric, "epoch_time") if cfg.kind == "cifar" else (metric,)
     for result in results:
         histories = [tracking.fetch_run(seed.run_id, keys)["metrics"] for seed in result.seeds]
-        curves = [np.array([v for _, v in h[metric]]) for h in histories if h[metric]]
-        if not curves:
+        logged = [tuple(zip(*h[metric])) for h in histories if h[metric]]  # (steps, values) per seed run
+        if not logged:
             continue
-        length = min(len(c) for c in curves)
-        band = tune_results.band(curves)
+        if cfg.kind == "toy":  # against the steps every seed run logged (tracking.history_steps' grid)
+            steps, curves = tune_results.shared_steps(logged)
+        else:  # against the evaluation's number
+            curves = [values for _, values in logged]
+            steps = np.arange(1, min(map(len, curves)) + 1)
+        length, band = len(steps), tune_results.band(curves)
         axis = {"cifar": "epoch", "toy": "step"}.get(cfg.kind, "evaluation")
-        logged = next(np.array([step for step, _ in h[metric]]) for h in histories if h[metric])
-        steps = np.arange(1, length + 1) if cfg.kind != "toy" else logged[:length]  # toy: tracking.HISTORY_POINTS
         panels.setdefault(f"{result.workload}: {metric} against {axis}", {})[result.optimizer] = (steps, *band)
         if cfg.kind == "cifar":
             seconds = np.stack([np.cumsum([v for _, v in h["epoch_time"]][:length]) for h in histories
