@@ -77,3 +77,19 @@ def test_one_descent_takes_one_optimizer():
     fn = FUNCTIONS["booth"]
     with pytest.raises(ValueError, match="one descent takes one optimizer"):
         run_descents(fn, [OptimizerSettings("adam"), OptimizerSettings("sgd")], [starting_points(fn, 2, 0)] * 2, 5, 0.0)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "shampoo", "torch:Rprop"])
+def test_pairs_of_equal_settings_descend_as_one_group_and_each_keeps_its_own_record(optimizer):
+    """A tune's seed batch: the same setting on several seeds' starts (and one that differs between them) is one
+    group per distinct setting; each pair's record, early stop included, is still the one it had alone."""
+    fn = FUNCTIONS["booth"]
+    settings = [OptimizerSettings(optimizer, lr=lr) for lr in (0.05, 0.002, 0.05, 0.05)]
+    starts = [starting_points(fn, count, seed=seed) for count, seed in ((3, 1), (2, 2), (1, 3), (4, 4))]
+    together = run_descents(fn, settings, starts, 400, tolerance=1e-6)
+    for group, alone in zip(together, (run_descent(fn, s, x, 400, 1e-6) for s, x in zip(settings, starts))):
+        assert group.positions.shape == alone.positions.shape
+        np.testing.assert_array_equal(group.positions, alone.positions)
+        np.testing.assert_array_equal(group.losses, alone.losses)
+        np.testing.assert_array_equal(group.converged_step, alone.converged_step)
+        np.testing.assert_array_equal(group.diverged_step, alone.diverged_step)

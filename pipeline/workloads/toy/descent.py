@@ -173,11 +173,20 @@ def run_descents(fn: Function2D, settings: Sequence[OptimizerSettings], starts: 
                  tolerance: float, compiled: bool = False) -> list[Trajectory]:
     """Several descents of one optimizer at once, one per (settings, starts (n, 2)) pair (e.g. the trials of a
     study: one lr each): every point of every group steps together, one optimizer step for all, and each
-    group's trajectory is what run_descent would have recorded for it alone."""
-    first = starts[0]
-    count, dtype, device = sum(len(group) for group in starts), first.dtype, first.device
+    group's trajectory is what run_descent would have recorded for it alone. Pairs of equal settings (a tune's
+    seed reruns) descend as one group: the optimizer's per-group work is paid once per distinct setting."""
+    distinct = list(dict.fromkeys(settings))
+    merged = [torch.cat([group for s, group in zip(settings, starts) if s == key]) for key in distinct]
+    count, device = sum(len(group) for group in starts), starts[0].device
     with _threads(1 if count < PARALLEL_FROM and device.type == "cpu" else torch.get_num_threads()):
-        return _descend(fn, settings, starts, steps, tolerance, compiled, count)
+        traj, stop = _descend(fn, distinct, merged, steps, tolerance, compiled, count)
+    # Column of each pair's first point: merged groups in order, each pair's points in its group's order.
+    offset, placed = 0, {}
+    for key in distinct:
+        for index, (s, group) in enumerate(zip(settings, starts)):
+            if s == key:
+                placed[index], offset = offset, offset + len(group)
+    return [_trimmed(_columns(traj, placed[i], placed[i] + len(group)), stop) for i, group in enumerate(starts)]
 
 
 @contextlib.contextmanager
@@ -192,7 +201,8 @@ def _threads(count: int) -> Iterator[None]:
 
 
 def _descend(fn: Function2D, settings: Sequence[OptimizerSettings], starts: Sequence[torch.Tensor], steps: int,
-             tolerance: float, compiled: bool, count: int) -> list[Trajectory]:
+             tolerance: float, compiled: bool, count: int) -> tuple[Trajectory, int]:
+    """Every point of every group descended together: the whole record (untrimmed) and the last step run."""
     first = starts[0]
     dtype, device = first.dtype, first.device
     points = _Points(settings[0].spec, starts)
@@ -215,9 +225,13 @@ def _descend(fn: Function2D, settings: Sequence[OptimizerSettings], starts: Sequ
                 break
         opt.step()
     kept = (positions[: stop + 1].transpose(1, 2), losses[: stop + 1], grad_norms[: stop + 1])
-    bounds = np.cumsum([0, *points.sizes])
-    return [_trimmed(_finish(fn, *(part[:, a:b] for part in kept), tolerance), stop)
-            for a, b in zip(bounds[:-1], bounds[1:])]
+    return _finish(fn, *kept, tolerance), stop
+
+
+def _columns(traj: Trajectory, begin: int, end: int) -> Trajectory:
+    """The record of points begin..end-1."""
+    return Trajectory(traj.positions[:, begin:end], traj.losses[:, begin:end], traj.grad_norms[:, begin:end],
+                      traj.distances[:, begin:end], traj.converged_step[begin:end], traj.diverged_step[begin:end])
 
 
 def _trimmed(traj: Trajectory, stop: int) -> Trajectory:
