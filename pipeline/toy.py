@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import sys
 
 import numpy as np
@@ -52,20 +53,28 @@ def outcome_tags(traj: Trajectory, point: int = 0) -> dict[str, str]:
     return tags
 
 
-def log_trajectory(run: RunLogger, fn: Function2D, traj: Trajectory, label: str,
-                   sweep_steps: int | None = None) -> None:
-    """Per-step metrics in batched calls, the trajectory CSV (every step) and the three plots. A sweep's run
-    (`sweep_steps`: its steps budget) logs its metrics at tracking.HISTORY_POINTS steps and draws its loss on the
-    axes every run of that budget shares, over a background drawn once."""
-    points = None if sweep_steps is None else tracking.HISTORY_POINTS
-    run.log_steps(tracking.history_steps({"loss": traj.losses[:, 0], "grad_norm": traj.grad_norms[:, 0],
-                                          "distance_to_min": traj.distances[:, 0]}, points, sweep_steps))
+def trajectory_series(traj: Trajectory) -> dict[str, np.ndarray]:
+    """The per-step metrics of a toy run (its first point's)."""
+    return {"loss": traj.losses[:, 0], "grad_norm": traj.grad_norms[:, 0], "distance_to_min": traj.distances[:, 0]}
+
+
+def log_trajectory(run: RunLogger, fn: Function2D, traj: Trajectory, label: str) -> None:
+    """Per-step metrics in batched calls, the trajectory CSV (every step) and the three plots."""
+    run.log_steps(tracking.history_steps(trajectory_series(traj)))
     run.log_text(trajectory_csv(traj), "trajectory.csv")
     path = traj.positions[:, 0]  # over a background drawn once per function (viz/paths.py)
     run.log_figure(paths.contour_png(fn, label, path), "plots/contour.png")
     run.log_figure(paths.surface_png(fn, label, path), "plots/surface.png")
-    run.log_figure(figures.loss_figure(fn, {label: traj.losses[:, 0]}) if sweep_steps is None else
-                   paths.loss_png(fn, label, traj.losses[:, 0], sweep_steps), "plots/loss.png")
+    run.log_figure(figures.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
+
+
+def sweep_files(fn: Function2D, traj: Trajectory, label: str, steps: int) -> dict[str, bytes | str]:
+    """A sweep run's artifacts but config.json: the trajectory CSV (every step) and its three pictures, the loss on
+    the axes every run of `steps` steps shares, each over a background drawn once (viz/paths.py)."""
+    path = traj.positions[:, 0]
+    return {"trajectory.csv": trajectory_csv(traj), "plots/contour.png": paths.contour_png(fn, label, path),
+            "plots/surface.png": paths.surface_png(fn, label, path),
+            "plots/loss.png": paths.loss_png(fn, label, traj.losses[:, 0], steps)}
 
 
 def main(cfg: ToyConfig) -> int:
@@ -81,8 +90,10 @@ def start_of(cfg: ToyConfig) -> torch.Tensor:
 
 def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks = RunHooks(),
             quiet: bool = False, descended: Trajectory | None = None, in_sweep: bool = False) -> tuple[str, int]:
-    """Descend (unless `descended` is its trajectory, from start_of), log everything (`in_sweep`: as a sweep's
-    run, log_trajectory), print one summary line (`quiet`: only if it diverged); returns (run id, exit code)."""
+    """Descend (unless `descended` is its trajectory, from start_of), log everything, print one summary line
+    (`quiet`: only if it diverged); returns (run id, exit code). A sweep's run (`in_sweep`: a fresh nested run)
+    logs its params, metrics (tracking.HISTORY_POINTS steps, with `hooks.logged`) and outcome in one call and
+    its files in one more."""
     fn = get_function(cfg.function)
     params = resolved_params(cfg, fn)
     torch.manual_seed(cfg.seed)
@@ -91,12 +102,21 @@ def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks 
     with tracking.open_run(cfg.experiment, hooks.name or f"{cfg.optimizer}-{cfg.function}", tags,
                            parent=parent) as run:
         hooks.opened(run)
-        run.log_params(params)
-        run.log_dict({**dataclasses.asdict(cfg), "resolved": params}, "config.json")
+        config = {**dataclasses.asdict(cfg), "resolved": params}
+        if not in_sweep:
+            run.log_params(params)
+            run.log_dict(config, "config.json")
         traj = descended or run_descent(fn, cfg.optimizer_settings, start, cfg.steps, cfg.tolerance)
-        log_trajectory(run, fn, traj, cfg.optimizer, cfg.steps if in_sweep else None)
         tags = outcome_tags(traj)
-        run.set_tags(tags)
+        if in_sweep:
+            steps, extra = hooks.logged
+            run.log_steps([*steps, *tracking.history_steps(trajectory_series(traj), tracking.HISTORY_POINTS,
+                                                           cfg.steps)], params={**params, **extra}, tags=tags)
+            run.log_files({"config.json": json.dumps(config, indent=2, default=str),
+                           **sweep_files(fn, traj, cfg.optimizer, cfg.steps)})
+        else:
+            log_trajectory(run, fn, traj, cfg.optimizer)
+            run.set_tags(tags)
         line = summary_line(cfg, traj, tags, run.run_id)
         if tags["diverged"] == "true":
             print(line, file=sys.stderr)

@@ -1,9 +1,11 @@
 """`tune`: equal budgets on Optuna, seeds of the best setting, the MLflow layout and the report, checked in real
 MLflow stores and the real Optuna storage; resuming; bad params."""
+import contextlib
 import csv
 import io
 import json
 import re
+import sqlite3
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -78,12 +80,16 @@ def test_a_toy_trial_logs_a_score_curve_and_a_seed_run_is_an_ordinary_toy_run(to
     assert values[-1] == pytest.approx(float(trial.data.metrics["score"]))
     assert artifact_files(client, trial.info.run_id) == set()  # no plot per start
     assert trial.data.params["starts"] == "16" and "lr" in trial.data.params
-    assert {"trajectory.csv", "plots/contour.png", "plots/surface.png", "plots/loss.png"} <= \
-        artifact_files(client, seed.info.run_id)
+    assert artifact_files(client, seed.info.run_id) == {"config.json", "trajectory.csv", "plots/contour.png",
+                                                         "plots/surface.png", "plots/loss.png"}  # one upload
     assert seed.data.params["start"] != "default" and "loss" in seed.data.metrics and "score" in seed.data.metrics
+    assert seed.data.params["starts"] == "16" and seed.data.tags["converged"] in ("true", "false")
     with tempfile.TemporaryDirectory() as scratch:  # every step in the CSV; the loss history on the same grid
         table = np.loadtxt(client.download_artifacts(seed.info.run_id, "trajectory.csv", scratch), delimiter=",",
                            skiprows=1, ndmin=2)
+        config = json.loads(Path(client.download_artifacts(seed.info.run_id, "config.json", scratch)).read_text())
+    assert config["resolved"] == {k: v for k, v in seed.data.params.items() if k != "starts"}
+    assert config["seed"] == int(seed.data.tags["seed"])
     steps, values = metric_history(client, seed.info.run_id, "loss")
     assert table[:, 0].tolist() == list(range(len(table))) and len(steps) <= 101
     assert steps[:-1] == list(range(0, len(table) - 1, 3)) and steps[-1] == len(table) - 1
@@ -384,3 +390,10 @@ def test_the_basin_map_descended_with_the_seed_reruns_is_the_tuned_settings_own(
         settings = dataclasses.replace(plan.base, **trials[plan.label].best_trial.params).optimizer_settings
         alone = scores.basin_map(get_function(plan.workload), settings, plan.base.steps, plan.base.tolerance)
         assert np.array_equal(scores.basin_from_text(carried[0]), alone), plan.label
+
+
+def test_the_tracking_store_and_the_tunes_storage_are_left_in_wal_mode(toy_tune, store_uri):
+    """Two workers' reads no longer wait for each other's writes (core/sqlite.py; docs/performance.md)."""
+    for url in (store_uri, _storage(store_uri)):
+        with contextlib.closing(sqlite3.connect(url[len("sqlite:///"):])) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal", url

@@ -13,7 +13,7 @@ from conftest import REPO, cli, new_experiment, run_cli, runs_of
 from optuna.trial import TrialState
 from test_tune import _studies
 
-from pipeline.sweeps.tune import search
+from pipeline.sweeps.tune import batch, search
 
 
 def _study() -> optuna.Study:
@@ -33,6 +33,22 @@ def test_when_two_workers_ask_for_the_last_place_the_later_trial_is_surplus_and_
     search.run_one(study, budget, lambda trial: ran.append(trial.number) or 0.0)  # a late worker
     assert ran == [] and search.counts(study) == {"complete": 2, "pruned": 0, "running": 0, "waiting": 0,
                                                   "fail": 1, "surplus": 1, "retried": 0}
+
+
+def test_with_as_many_studies_as_workers_a_worker_takes_all_that_is_left_of_a_study_else_its_part():
+    """A toy batch of every trial left costs about what one trial does: two workers over 36 studies take whole
+    studies (before, each took half of every study and ran twice the descents); over one study they split it."""
+    study, budget = _study(), 8
+    study.tell(study.ask(), 1.0)
+    study.ask()  # running elsewhere
+    assert batch.share(study, budget, workers=2, studies=36) == 6
+    assert batch.share(study, budget, workers=2, studies=1) == 3
+    assert batch.share(study, budget, workers=1) == 6
+    study.enqueue_trial({"x": 1.0})  # a waiting retry counts among what is left
+    assert batch.share(study, budget, workers=2, studies=2) == 6  # 1 waiting + 5 places
+    for _ in range(6):
+        study.ask()
+    assert batch.share(study, budget, workers=2, studies=36) == 1  # nothing left: still one ask (it ends surplus)
 
 
 def test_a_retry_is_run_before_new_points_and_keeps_the_trials_params():

@@ -128,6 +128,18 @@ class Run:
         """Save a dict as JSON or YAML (by extension) into the run's artifacts."""
         self.client.log_dict(self.run_id, dict(data), artifact_file)
 
+    def log_files(self, files: Mapping[str, bytes | str]) -> None:
+        """Several artifacts at once (artifact path -> content: bytes, or text), in one upload."""
+        with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
+            for artifact_file, content in files.items():
+                target = Path(scratch) / artifact_file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, bytes):
+                    target.write_bytes(content)
+                else:
+                    target.write_text(content, encoding="utf-8")
+            self.client.log_artifacts(self.run_id, scratch)
+
     def log_file(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a local file into the run's artifacts (under the folder `artifact_path`)."""
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)

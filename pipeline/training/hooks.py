@@ -43,6 +43,8 @@ class RunHooks:
     on_open: Callable[[Any], None] | None = None  # gets the open run (a RunLogger)
     on_epoch: Callable[[int, dict], None] | None = None  # (epoch, that epoch's metrics)
     on_trainer: Callable[[Any], None] | None = None  # gets the cifar Trainer before it trains (a sweep's landscape)
+    # (metric steps, params) a toy sweep run logs in its one batch with its own (a tune seed run's score curve)
+    logged: tuple[Sequence[Step], Mapping[str, Any]] = ((), {})
 
     def opened(self, run: Any) -> None:
         if self.on_open is not None:

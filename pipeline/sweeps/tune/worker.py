@@ -103,7 +103,7 @@ class Worker(Studies):
             search.run_one(study, budget, self.objective(plan, phase))
             return
         batched = phase != "trials" or self.cfg.sampler in batch.BATCHED
-        size = batch.share(study, budget, self.cfg.workers) if batched else 1
+        size = batch.share(study, budget, self.cfg.workers, len(self.cfg.children)) if batched else 1
         batch.run_batch(study, budget, size, lambda trial: self.setting(plan, phase, trial),
                         lambda trials, cfgs: self.toy_batch(plan, phase, trials, cfgs))
 
@@ -217,12 +217,10 @@ class Worker(Studies):
         with the score curve of its `starts` besides."""
         from pipeline.toy import run_toy  # noqa: PLC0415 - toy's plotting loads only where a seed run needs it
 
-        def opened(run: Any) -> None:
-            trial.set_user_attr("run_id", run.run_id)
-            run.log_steps(_score_steps(curve), params={"starts": self.cfg.starts})
-
         tags = {**self.tags(plan, "seeds", trial), "seed": str(cfg.seed)}
-        hooks = RunHooks(tags=tags, name=run_name(plan, "seeds", cfg, trial.number), on_open=opened)
+        hooks = RunHooks(tags=tags, name=run_name(plan, "seeds", cfg, trial.number),
+                         on_open=lambda run: trial.set_user_attr("run_id", run.run_id),
+                         logged=(_score_steps(curve), {"starts": self.cfg.starts}))
         run_toy(cfg, self.parent(plan), hooks, quiet=not self.cfg.verbose, descended=traj, in_sweep=True)
 
     def parent(self, plan: StudyPlan) -> tracking.Run:
