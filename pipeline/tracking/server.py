@@ -13,6 +13,7 @@ from mlflow.utils.credentials import get_default_host_creds, read_mlflow_creds
 from mlflow.utils.rest_utils import http_request
 
 from pipeline.core.errors import UsageError
+from pipeline.core.sqlite import write_ahead
 from pipeline.core.provenance import PROJECT_ROOT
 
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
@@ -30,7 +31,9 @@ def tracking_uri() -> str:
 
 def connect() -> mlflow.MlflowClient:
     """A client of the store runs go to (and the fluent API pointed at it too, for model loading)."""
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    write_ahead(uri)  # an embedded SQLite store: workers' writes queue less (core/sqlite.py)
+    mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient()
 
 

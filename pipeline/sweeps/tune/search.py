@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from pipeline.core.errors import UsageError, one_line
+from pipeline.core.sqlite import write_ahead
 from pipeline.sweeps.tune.results import best_of
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -74,6 +75,7 @@ def open_storage(url: str, heartbeat_s: int, on_stale: Callable[[optuna.Study, F
     engine: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else \
         {"pool_pre_ping": True, "connect_args": {} if "connect_timeout=" in url else {"connect_timeout": 10}}
     target = engine_url(url)
+    write_ahead(url)  # SQLite: workers' reads no longer wait for each other's writes (core/sqlite.py)
     for attempt in range(SCHEMA_TRIES):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
