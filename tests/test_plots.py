@@ -2,6 +2,7 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline import compare
@@ -121,3 +122,24 @@ def test_a_path_drawn_over_the_cached_background_is_the_full_figure():
     drawn = _png_pixels(paths.loss_png(fn, "adafactor", losses, 400))
     expected = _png_pixels(_png(paths._loss_figure(fn, {"adafactor": losses}, 400)))
     assert drawn.shape == expected.shape and (np.abs(drawn - expected).max(axis=2) > 40).mean() < 0.01
+
+
+@pytest.mark.parametrize("optimizers,workloads", [(1, 1), (3, 2), (18, 2)])
+def test_the_basin_maps_laid_out_by_hand_keep_every_label_and_title_inside_the_picture(optimizers, workloads):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from pipeline.optim.registry import optimizer_names
+    from pipeline.viz.tune import basins_figure
+
+    names, windows = optimizer_names()[:optimizers], {"rosenbrock": ((-2, 2), (-1, 3)), "ackley": ((-5, 5), (-5, 5))}
+    maps = {w: {n: np.eye(41, dtype=bool) for n in names} for w in list(windows)[:workloads]}
+    figure = basins_figure(maps, {w: windows[w] for w in maps})
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    box = figure.bbox
+    assert len(figure.axes) == optimizers * workloads
+    # what each panel draws (its map, ticks, tick labels, title, the row's label), and the figure's title
+    for extent in [ax.get_tightbbox(renderer) for ax in figure.axes] + [figure._suptitle.get_window_extent(renderer)]:
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, extent
+    titles = [ax.title.get_window_extent(renderer) for ax in figure.axes]
+    assert all(not a.overlaps(b) for i, a in enumerate(titles) for b in titles[i + 1:])  # readable apart
