@@ -164,8 +164,9 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: 
                 progress: Counter | None = None) -> None:
     """Take trials here and in workers-1 more processes until every study is done, all counting into
     `progress`. With several GPUs every worker is a process of its own, each seeing one GPU
-    (CUDA_VISIBLE_DEVICES), and this one only waits. Otherwise this one starts once the others are ready, so
-    that workers started together split each study's trials between them."""
+    (CUDA_VISIBLE_DEVICES), and this one only waits. Otherwise this one works too: at once where there are at
+    least as many studies as workers (each takes whole studies: batch.share), else once the others are ready
+    (they import torch first: seconds), so that workers started together split each study's trials."""
     progress = progress or Counter()
     devices = gpu_plan(cfg.workers, _visible_gpus() if cfg.workers > 1 and cfg.kind != "toy" else [])
     here = devices[0] is None  # no GPU split: this process is worker 0
@@ -174,7 +175,8 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: 
     try:
         if here:
             worker = Worker(cfg, ids, storage, cifar, progress)
-            _wait_ready(extra)
+            if len(cfg.children) < cfg.workers:
+                _wait_ready(extra)
             worker.work()
         for process in extra:  # they finish their last trials (with a GPU each, they do all the work)
             process.join()
