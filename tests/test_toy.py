@@ -136,10 +136,10 @@ def test_a_sweeps_histories_keep_every_kth_step_of_the_budget_and_the_last():
         assert [values["loss"] for _, _, values in kept] == [2.0 * step for step, _, _ in kept]  # value = series[step]
         return [step for step, _, _ in kept]
 
-    assert steps(501, 500) == [*range(0, 500, 5), 500] and len(steps(1001, 1000)) == HISTORY_POINTS
-    assert steps(347, 500) == [*range(0, 346, 5), 346]  # stopped early: the same grid, then its last step
-    assert set(steps(347, 500)) & set(steps(501, 500)) == set(range(0, 346, 5))
-    assert steps(60, 500) == list(range(60))  # short enough to keep whole
+    assert steps(501, 500) == [*range(0, 500, 10), 500] and len(steps(1001, 1000)) == HISTORY_POINTS
+    assert steps(347, 500) == [*range(0, 346, 10), 346]  # stopped early: the same grid, then its last step
+    assert set(steps(347, 500)) & set(steps(501, 500)) == set(range(0, 346, 10))
+    assert steps(40, 500) == list(range(40))  # short enough to keep whole
     assert [s for s, _, _ in history_steps({"loss": np.zeros(501)})] == list(range(501))  # no thinning asked
 
 
