@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import sys
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from pipeline import tracking
 from pipeline.config.tasks import ToyConfig, logged_params
 from pipeline.core.errors import EXIT_DIVERGED, EXIT_OK
 from pipeline.core.provenance import code_version, config_hash
-from pipeline.training.hooks import RunHooks, RunLogger
+from pipeline.training.hooks import RunHooks
 from pipeline.viz import figures, paths
 from pipeline.workloads.toy.descent import Trajectory, run_descent, starting_points
 from pipeline.workloads.toy.functions import Function2D, get_function
@@ -58,23 +58,15 @@ def trajectory_series(traj: Trajectory) -> dict[str, np.ndarray]:
     return {"loss": traj.losses[:, 0], "grad_norm": traj.grad_norms[:, 0], "distance_to_min": traj.distances[:, 0]}
 
 
-def log_trajectory(run: RunLogger, fn: Function2D, traj: Trajectory, label: str) -> None:
-    """Per-step metrics in batched calls, the trajectory CSV (every step) and the three plots."""
-    run.log_steps(tracking.history_steps(trajectory_series(traj)))
-    run.log_text(trajectory_csv(traj), "trajectory.csv")
-    path = traj.positions[:, 0]  # over a background drawn once per function (viz/paths.py)
-    run.log_figure(paths.contour_png(fn, label, path), "plots/contour.png")
-    run.log_figure(paths.surface_png(fn, label, path), "plots/surface.png")
-    run.log_figure(figures.loss_figure(fn, {label: traj.losses[:, 0]}), "plots/loss.png")
-
-
-def sweep_files(fn: Function2D, traj: Trajectory, label: str, steps: int) -> dict[str, bytes | str]:
-    """A sweep run's artifacts but config.json: the trajectory CSV (every step) and its three pictures, the loss on
-    the axes every run of `steps` steps shares, each over a background drawn once (viz/paths.py)."""
-    path = traj.positions[:, 0]
+def toy_files(fn: Function2D, traj: Trajectory, label: str, sweep_steps: int | None = None) -> dict[str, Any]:
+    """A toy run's trajectory CSV (every step) and its three pictures, each path over a background drawn once
+    (viz/paths.py); a sweep's run (`sweep_steps`: its budget) draws its loss on the axes every run of that budget
+    shares (PNG bytes), a run alone on its own (a Figure)."""
+    path, losses = traj.positions[:, 0], traj.losses[:, 0]
     return {"trajectory.csv": trajectory_csv(traj), "plots/contour.png": paths.contour_png(fn, label, path),
             "plots/surface.png": paths.surface_png(fn, label, path),
-            "plots/loss.png": paths.loss_png(fn, label, traj.losses[:, 0], steps)}
+            "plots/loss.png": figures.loss_figure(fn, {label: losses}) if sweep_steps is None else
+            paths.loss_png(fn, label, losses, sweep_steps)}
 
 
 def main(cfg: ToyConfig) -> int:
@@ -112,10 +104,13 @@ def run_toy(cfg: ToyConfig, parent: tracking.Run | None = None, hooks: RunHooks 
             steps, extra = hooks.logged
             run.log_steps([*steps, *tracking.history_steps(trajectory_series(traj), tracking.HISTORY_POINTS,
                                                            cfg.steps)], params={**params, **extra}, tags=tags)
-            run.log_files({"config.json": json.dumps(config, indent=2, default=str),
-                           **sweep_files(fn, traj, cfg.optimizer, cfg.steps)})
+            run.log_files({"config.json": config, **toy_files(fn, traj, cfg.optimizer, cfg.steps)})
         else:
-            log_trajectory(run, fn, traj, cfg.optimizer)
+            run.log_steps(tracking.history_steps(trajectory_series(traj)))
+            files = toy_files(fn, traj, cfg.optimizer)
+            run.log_text(files.pop("trajectory.csv"), "trajectory.csv")
+            for artifact_file, picture in files.items():
+                run.log_figure(picture, artifact_file)
             run.set_tags(tags)
         line = summary_line(cfg, traj, tags, run.run_id)
         if tags["diverged"] == "true":

@@ -23,7 +23,7 @@ from pipeline.core.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError
 from pipeline.core.progress import Counter
 from pipeline.core.signals import stopped_by_signals
 from pipeline.sweeps.summary import parent_name
-from pipeline.sweeps.tune import claim, search, trained
+from pipeline.sweeps.tune import batch, claim, search, trained
 from pipeline.sweeps.tune.report import collect, report
 from pipeline.sweeps.tune.studies import Studies
 from pipeline.sweeps.tune.worker import RunIds, Worker, enqueue_default, on_stale
@@ -164,9 +164,9 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: 
                 progress: Counter | None = None) -> None:
     """Take trials here and in workers-1 more processes until every study is done, all counting into
     `progress`. With several GPUs every worker is a process of its own, each seeing one GPU
-    (CUDA_VISIBLE_DEVICES), and this one only waits. Otherwise this one works too: at once where there are at
-    least as many studies as workers (each takes whole studies: batch.share), else once the others are ready
-    (they import torch first: seconds), so that workers started together split each study's trials."""
+    (CUDA_VISIBLE_DEVICES), and this one only waits. Otherwise this one works too: at once where workers take
+    whole studies (batch.whole_studies), else once the others are ready (they import torch first: seconds), so
+    that workers started together split each study's trials."""
     progress = progress or Counter()
     devices = gpu_plan(cfg.workers, _visible_gpus() if cfg.workers > 1 and cfg.kind != "toy" else [])
     here = devices[0] is None  # no GPU split: this process is worker 0
@@ -175,7 +175,7 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: 
     try:
         if here:
             worker = Worker(cfg, ids, storage, cifar, progress)
-            if len(cfg.children) < cfg.workers:
+            if not batch.whole_studies(cfg.workers, len(cfg.children)):
                 _wait_ready(extra)
             worker.work()
         for process in extra:  # they finish their last trials (with a GPU each, they do all the work)

@@ -3,6 +3,7 @@
 its block. Several can be open at once (lockstep children), each logging from any thread."""
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 import warnings
@@ -129,16 +130,15 @@ class Run:
         """Save a dict as JSON or YAML (by extension) into the run's artifacts."""
         self.client.log_dict(self.run_id, dict(data), artifact_file)
 
-    def log_files(self, files: Mapping[str, bytes | str]) -> None:
-        """Several artifacts at once (artifact path -> content: bytes, or text), in one upload."""
+    def log_files(self, files: Mapping[str, bytes | str | Mapping[str, Any]]) -> None:
+        """Several artifacts at once (artifact path -> content: bytes, text, or a dict written as JSON as
+        log_dict writes it), in one upload."""
         with tempfile.TemporaryDirectory(prefix="optlab-") as scratch:
             for artifact_file, content in files.items():
                 target = Path(scratch) / artifact_file
                 target.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(content, bytes):
-                    target.write_bytes(content)
-                else:
-                    target.write_text(content, encoding="utf-8")
+                data = content if isinstance(content, (bytes, str)) else json.dumps(dict(content), indent=2, default=str)
+                target.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
             self.client.log_artifacts(self.run_id, scratch)
 
     def log_file(self, local_path: str | Path, artifact_path: str | None = None) -> None:

@@ -27,15 +27,20 @@ Prepare = Callable[[Trial], Any]  # called once a trial is asked (and is within 
 Objective = Callable[[Sequence[Trial], Sequence[Any]], Sequence["float | BaseException"]]
 
 
+def whole_studies(workers: int, studies: int) -> bool:
+    """Whether local workers take whole studies (with at least as many studies as workers) rather than split each:
+    a batched descent of every trial of a study costs about what one of a single trial does (the per-step work is
+    the same), so workers spread over the studies where there are enough of them."""
+    return studies >= workers
+
+
 def share(study: optuna.Study, budget: int, workers: int, studies: int = 1) -> int:
     """How many trials one of `workers` local workers takes from a study at a time: what is left (waiting retries,
-    then places under the budget). A batched descent of every trial of a study costs about what one of a single
-    trial does (the per-step work is the same), so with at least as many `studies` as workers each worker takes
-    all that is left of one and the workers spread over the studies; with fewer, they split each study."""
+    then places under the budget), all of it or its part (whole_studies)."""
     found = search.counts(study)
     live = found["complete"] + found["pruned"] + found["running"] + found["waiting"]
     left = found["waiting"] + max(0, budget - live)
-    return max(1, left if studies >= workers else math.ceil(left / max(1, workers)))
+    return max(1, left if whole_studies(workers, studies) else math.ceil(left / max(1, workers)))
 
 
 def run_batch(study: optuna.Study, budget: int, size: int, prepare: Prepare, objective: Objective) -> int:

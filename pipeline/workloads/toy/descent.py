@@ -175,18 +175,16 @@ def run_descents(fn: Function2D, settings: Sequence[OptimizerSettings], starts: 
     study: one lr each): every point of every group steps together, one optimizer step for all, and each
     group's trajectory is what run_descent would have recorded for it alone. Pairs of equal settings (a tune's
     seed reruns) descend as one group: the optimizer's per-group work is paid once per distinct setting."""
-    distinct = list(dict.fromkeys(settings))
-    merged = [torch.cat([group for s, group in zip(settings, starts) if s == key]) for key in distinct]
+    members: dict[OptimizerSettings, list[int]] = {}  # each distinct setting -> the pairs that have it, in order
+    for index, setting in enumerate(settings):
+        members.setdefault(setting, []).append(index)
+    merged = [torch.cat([starts[i] for i in pairs]) for pairs in members.values()]
     count, device = sum(len(group) for group in starts), starts[0].device
     with _threads(1 if count < PARALLEL_FROM and device.type == "cpu" else torch.get_num_threads()):
-        traj, stop = _descend(fn, distinct, merged, steps, tolerance, compiled, count)
-    # Column of each pair's first point: merged groups in order, each pair's points in its group's order.
-    offset, placed = 0, {}
-    for key in distinct:
-        for index, (s, group) in enumerate(zip(settings, starts)):
-            if s == key:
-                placed[index], offset = offset, offset + len(group)
-    return [_trimmed(_columns(traj, placed[i], placed[i] + len(group)), stop) for i, group in enumerate(starts)]
+        traj, stop = _descend(fn, list(members), merged, steps, tolerance, compiled, count)
+    order = [i for pairs in members.values() for i in pairs]  # the pairs' points as the record holds them
+    begins = dict(zip(order, np.cumsum([0, *(len(starts[i]) for i in order)])))
+    return [_trimmed(_columns(traj, begins[i], begins[i] + len(group)), stop) for i, group in enumerate(starts)]
 
 
 @contextlib.contextmanager
