@@ -24,7 +24,6 @@ from pipeline.core.progress import Counter
 from pipeline.core.signals import stopped_by_signals
 from pipeline.sweeps.summary import parent_name
 from pipeline.sweeps.tune import batch, claim, search, trained
-from pipeline.sweeps.tune.report import collect, report
 from pipeline.sweeps.tune.studies import Studies
 from pipeline.sweeps.tune.worker import RunIds, Worker, enqueue_default, on_stale
 
@@ -68,10 +67,12 @@ def create_runs(cfg: TuneConfig, token: str) -> RunIds:
     return RunIds(parent.run_id, children)
 
 
-def join(cfg: TuneConfig, storage: object) -> RunIds:
+def join(studies: Studies) -> RunIds:
     """The tune's runs: made by the first process (which records them in the storage), found by every other;
     made again, should the process making them die first."""
-    study = optuna.create_study(storage=storage, study_name=f"optlab-tune-{cfg.key()}:runs", load_if_exists=True)
+    cfg = studies.cfg
+    study = optuna.create_study(storage=studies.storage, study_name=f"optlab-tune-{cfg.key()}:runs",
+                                load_if_exists=True)
     runs = study.user_attrs.get("runs")
     if not runs:
         try:
@@ -80,7 +81,7 @@ def join(cfg: TuneConfig, storage: object) -> RunIds:
         except TimeoutError as busy:
             raise UsageError(f"storage: {busy} has been creating this tune's runs for over {JOIN_TIMEOUT_S} s and "
                              "is still alive; run the command again once it is done, or stop it") from None
-        enqueue_defaults(cfg, storage, RunIds(runs["parent"], runs["children"]))
+        enqueue_defaults(studies)
         study.set_user_attr("runs", runs)
     if not tracking.run_exists(runs["parent"]):
         raise UsageError(f"storage: this tune's study names run {runs['parent']}, which the tracking store "
@@ -105,10 +106,9 @@ def _make_runs(cfg: TuneConfig, token: str, dead: list) -> dict:
     return {"parent": ids.parent, "children": dict(ids.children)}
 
 
-def enqueue_defaults(cfg: TuneConfig, storage: object, ids: RunIds) -> None:
+def enqueue_defaults(studies: Studies) -> None:
     """Every trials study starts with the optimizer's default setting, queued once (before any worker asks)."""
-    studies = Studies(cfg, storage)
-    for plan in cfg.children:
+    for plan in studies.cfg.children:
         enqueue_default(studies.study(plan, "trials"), plan)
 
 
@@ -119,7 +119,8 @@ def _undo(runs: dict) -> None:
                           "created them again")
 
 
-def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, take_sigint: bool, ready: Any, shared: Any) -> None:
+def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, index: int, take_sigint: bool, ready: Any,
+                    shared: Any) -> None:
     """A local worker process: the same loop as the main one, counting its trials into `shared`, once it has
     said it is `ready`; SIGTERM (and SIGINT, unless the command ignores it: a background job) end its trial's
     run KILLED."""
@@ -127,7 +128,8 @@ def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, take_sigint: bool, r
     numbers = (signal.SIGINT, signal.SIGTERM) if take_sigint else (signal.SIGTERM,)
     try:
         with stopped_by_signals(numbers, restore=False):  # a second signal, while the run ends, is ignored
-            worker = Worker(cfg, ids, search.open_storage(url, cfg.heartbeat_s, on_stale), progress=Counter(shared))
+            storage = search.open_storage(url, cfg.heartbeat_s, on_stale)
+            worker = Worker(ids, Studies(cfg, storage), progress=Counter(shared), index=index)
             ready.set()
             worker.work()
     except KeyboardInterrupt:
@@ -160,7 +162,7 @@ def worker_count(cfg: TuneConfig) -> int:
     return len(gpus) if len(gpus) > 1 else 1
 
 
-def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: tuple | None = None,
+def run_workers(cfg: TuneConfig, ids: RunIds, url: str, studies: Studies, cifar: tuple | None = None,
                 progress: Counter | None = None) -> None:
     """Take trials here and in workers-1 more processes until every study is done, all counting into
     `progress`. With several GPUs every worker is a process of its own, each seeing one GPU
@@ -174,7 +176,7 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: 
                            progress.shared)
     try:
         if here:
-            worker = Worker(cfg, ids, storage, cifar, progress)
+            worker = Worker(ids, studies, cifar, progress)
             if not batch.whole_studies(cfg.workers, len(cfg.children)):
                 _wait_ready(extra)
             worker.work()
@@ -192,7 +194,7 @@ def run_workers(cfg: TuneConfig, ids: RunIds, url: str, storage: object, cifar: 
     if failed:
         print(f"warning: worker processes {', '.join(failed)} ended with errors", file=sys.stderr)
     if not here:  # whatever the workers left (one died): done here, on the default GPU
-        Worker(cfg, ids, storage, cifar, progress).work()
+        Worker(ids, studies, cifar, progress).work()
 
 
 def _wait_ready(processes: list) -> None:
@@ -219,7 +221,7 @@ def _start_workers(cfg: TuneConfig, ids: RunIds, url: str, devices: list[tuple[i
             with environment({} if device is None else {"CUDA_VISIBLE_DEVICES": device}):
                 ready = context.Event()
                 started.append(context.Process(target=_worker_process, name=f"optlab-worker-{index}",
-                                               args=(cfg, ids, url, saved != signal.SIG_IGN, ready, shared)))
+                                               args=(cfg, ids, url, index, saved != signal.SIG_IGN, ready, shared)))
                 started[-1].ready = ready
                 started[-1].start()
     finally:
@@ -256,6 +258,8 @@ def main(cfg: TuneConfig) -> int:
 def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     """Join (or start) the study, work until every study is done, report; returns (parent run id, the tuned
     table in Markdown, one line per workload saying who wins at default settings and who wins tuned)."""
+    from pipeline.sweeps.tune.report import collect, report  # noqa: PLC0415 - here: spawned workers never import it
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cfg = dataclasses.replace(cfg, workers=worker_count(cfg))
     for workload, optimizer, why in cfg.skipped:
@@ -264,8 +268,8 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     cifar = trained.cifar_inputs(cfg.children[0].base) if cfg.kind == "cifar" else \
         trained.workload_inputs(cfg) if cfg.kind == "train" else None
     url = storage_url(cfg)
-    storage = search.open_storage(url, cfg.heartbeat_s, on_stale)
-    ids = join(cfg, storage)
+    studies = Studies(cfg, search.open_storage(url, cfg.heartbeat_s, on_stale))  # loaded once, read by all below
+    ids = join(studies)
     print(f"tune {cfg.kind}: {len(cfg.children)} studies (optimizer x workload), {cfg.trials} trials and "
           f"{cfg.seeds} seeds each, {cfg.workers} worker(s) here; storage {search.redacted(url)}; tune run "
           f"{ids.parent}", flush=True)
@@ -274,13 +278,13 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     with tracking.open_run(cfg.experiment, f"tune-{cfg.kind}", run_id=ids.parent) as parent:
         try:
             with progress.bar(f"tune {cfg.kind}", total, counter, "trial",
-                              initial=Studies(cfg, storage).counted()):
-                run_workers(cfg, ids, url, storage, cifar, counter)
+                              initial=studies.counted()):
+                run_workers(cfg, ids, url, studies, cifar, counter)
         except KeyboardInterrupt:  # the parent ends KILLED with its block; the per-optimizer runs too
             for run_id in ids.children.values():
                 tracking.end_run(run_id, "KILLED")
             raise
-        results = collect(cfg, Studies(cfg, storage))
+        results = collect(cfg, studies)
         markdown, lines = report(cfg, parent, ids, results)
         tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "study"), role="optimizer")
         scored = dict.fromkeys(cfg.score_of(plan)[0] for plan in cfg.children)

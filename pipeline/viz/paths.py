@@ -150,7 +150,8 @@ def _encode(canvas: FigureCanvasAgg) -> bytes:
     from PIL import Image  # noqa: PLC0415
 
     buffer = io.BytesIO()
-    # zlib level 3: the same pixels, 6% larger files, a third less time than PIL's default 6 (22 -> 15 ms)
-    Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).save(buffer, format="png",
-                                                                                  compress_level=3)
+    # RGB (every figure is opaque) at zlib level 1: the same pixels in half the time of RGBA at PIL's default
+    # level 6, and smaller files (Ackley's contour 29 -> 15 ms, 239 -> 235 kB; its surface 47 -> 23 ms)
+    image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+    image.save(buffer, format="png", compress_level=1)
     return buffer.getvalue()

@@ -13,7 +13,7 @@ import contextlib
 import math
 import threading
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import optuna
 from optuna.trial import Trial, TrialState
@@ -23,6 +23,7 @@ from pipeline.sweeps.tune import search
 
 BATCHED = ("qmc", "grid", "random")  # samplers whose points do not depend on the scores of running trials
 
+Plan = TypeVar("Plan")  # a study's plan (config.tune.StudyPlan): anything with a `workload`
 Prepare = Callable[[Trial], Any]  # called once a trial is asked (and is within the budget): its setting
 Objective = Callable[[Sequence[Trial], Sequence[Any]], Sequence["float | BaseException"]]
 
@@ -32,6 +33,20 @@ def whole_studies(workers: int, studies: int) -> bool:
     a batched descent of every trial of a study costs about what one of a single trial does (the per-step work is
     the same), so workers spread over the studies where there are enough of them."""
     return studies >= workers
+
+
+def in_turn(plans: Sequence[Plan], index: int, workers: int) -> list[Plan]:
+    """The order local worker `index` of `workers` visits the studies in. Where they take whole studies: grouped
+    by workload, each worker starting at its own part (worker 1 of 2 at the second half) and going on round, so
+    that each descends mostly one workload (a toy function's picture backgrounds, viz/paths.py, or a workload's
+    data, are then made in one process, not in all). Otherwise every worker's order is the tune's, so that they
+    split each study together."""
+    if not whole_studies(workers, len(plans)):
+        return list(plans)
+    rank = {workload: place for place, workload in enumerate(dict.fromkeys(plan.workload for plan in plans))}
+    grouped = sorted(plans, key=lambda plan: rank[plan.workload])
+    begin = index * len(grouped) // max(1, workers)
+    return grouped[begin:] + grouped[:begin]
 
 
 def share(study: optuna.Study, budget: int, workers: int, studies: int = 1) -> int:

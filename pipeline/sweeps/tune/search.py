@@ -254,8 +254,7 @@ def _mark_started(trial: Trial) -> None:
     trial marked so is one Optuna finds stale should its worker die; one never marked, fail_stale fails."""
     storage = trial.storage
     if getattr(storage, "get_heartbeat_interval", lambda: None)():
-        study_id = storage.get_study_id_from_name(trial.study.study_name)
-        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+        storage.record_heartbeat(trial._trial_id)  # the id the trial was asked with: no lookups in the storage
     trial.set_user_attr("started", trial.number)
 
 

@@ -11,14 +11,16 @@ from pipeline.config.tune import StudyPlan, TuneConfig
 from pipeline.sweeps.tune import search
 
 PHASES = ("trials", "seeds")
+Loaded = dict[tuple[str, str], optuna.Study]  # (StudyPlan.label, phase) -> its study
 
 
 class Studies:
-    """The studies of a tune on one storage."""
+    """The studies of a tune on one storage; `loaded`: those another Studies of this process has loaded (loading
+    one takes several transactions, and a command reads every study three times: to count, work and report)."""
 
-    def __init__(self, cfg: TuneConfig, storage: Any) -> None:
+    def __init__(self, cfg: TuneConfig, storage: Any, loaded: Loaded | None = None) -> None:
         self.cfg, self.storage = cfg, storage
-        self.studies: dict[tuple[str, str], optuna.Study] = {}
+        self.studies: Loaded = {} if loaded is None else loaded
 
     @property
     def bounds(self) -> search.Bounds:

@@ -61,12 +61,15 @@ def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 
 class Worker(Studies):
-    """One process's share of a tune: its studies, and runs nested under the tune's runs."""
+    """One process's share of a tune: its studies (those of `studies`, loaded or not yet), and runs nested under
+    the tune's runs; worker `index` of this command's local workers (batch.in_turn)."""
 
-    def __init__(self, cfg: TuneConfig, ids: RunIds, storage: Any, cifar: tuple | None = None,
-                 progress: Counter | None = None) -> None:
-        super().__init__(cfg, storage)
+    def __init__(self, ids: RunIds, studies: Studies, cifar: tuple | None = None, progress: Counter | None = None,
+                 index: int = 0) -> None:
+        super().__init__(studies.cfg, studies.storage, studies.studies)
+        cfg = studies.cfg
         self.ids = ids
+        self.plans = batch.in_turn(cfg.children, index, cfg.workers)
         self.progress = progress or Counter()  # finished trials, for the command's bar
         self.parents: dict[str, tracking.Run] = {}
         # cifar: (arrays, device); workloads: workload -> (arrays, device) of its CIFAR-10 data; given, or loaded
@@ -78,7 +81,7 @@ class Worker(Studies):
         """Take trials until every study is done; wait (failing dead workers' trials) while others hold the rest."""
         while True:
             pending = ran = False
-            for plan in self.cfg.children:
+            for plan in self.plans:
                 for phase in PHASES:
                     study, budget = self.study(plan, phase), self.budget(phase)
                     if search.is_done(study, budget):
