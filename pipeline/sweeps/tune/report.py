@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import numpy as np
 
@@ -104,11 +105,12 @@ def _log_children(results: list[StudyResult], ids: RunIds, cfg: TuneConfig) -> l
         with tracking.open_run(cfg.experiment, result.label, run_id=ids.children[result.label]) as child:
             child.log_params({"default_lr": row["default_lr"], **{f"best_{k}": v for k, v in
                                                                   (result.best.params if result.best else {}).items()}})
-            child.log_metrics({key: float(row[key]) for key in ("default_score", "best_trial_score", "score_mean",
-                                                                 "score_sd", "trials_completed", "trials_pruned",
-                                                                 "trials_failed") if math.isfinite(row[key])}, 0)
-            child.set_tags({"best_trial": row["best_trial"], "best_run_id": result.best.run_id if result.best
-                            else "", "seed_run_ids": ",".join(s.run_id for s in result.seeds)})
+            metrics = {key: float(row[key]) for key in ("default_score", "best_trial_score", "score_mean", "score_sd",
+                                                        "trials_completed", "trials_pruned", "trials_failed")
+                       if math.isfinite(row[key])}
+            child.log_steps([(0, int(time.time() * 1000), metrics)], tags={  # one call for both
+                "best_trial": row["best_trial"], "best_run_id": result.best.run_id if result.best else "",
+                "seed_run_ids": ",".join(s.run_id for s in result.seeds)})
     return table
 
 

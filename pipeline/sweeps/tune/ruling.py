@@ -54,26 +54,25 @@ def _profile(cfg: TuneConfig, parent: tracking.Run, results: list[StudyResult], 
     taus = np.linspace(1.0, verdict_figures.TAU_MAX, 200)
     parent.log_figure(verdict_figures.profile_time_figure(taus, verdict.profile_curve(measured, taus)),
                       "plots/profile_time.png")
-    for r in results:
-        with tracking.open_run(cfg.experiment, r.label, run_id=ids.children[r.label]) as child:
-            child.log_metrics({"profile_score": profile[r.optimizer]}, 0)
+    for r in results:  # the child has ended (report._log_children): a metric more, its status kept
+        tracking.existing_run(ids.children[r.label]).log_metrics({"profile_score": profile[r.optimizer]}, 0)
     return profile
 
 
-def _log_rows(cfg: TuneConfig, ids: RunIds, per_workload: dict) -> None:
-    """Each child's seed mean and 95% CI, as the verdict view charts them (a bar each)."""
+def _log_rows(ids: RunIds, per_workload: dict) -> None:
+    """Each child's seed mean and 95% CI, as the verdict view charts them (a bar each), on the ended child runs
+    (report._log_children), their status kept."""
     for workload, found in per_workload.items():
         for row in found.rows:
             numbers = {"seed_mean": row.mean, "ci_low": row.ci_low, "ci_high": row.ci_high}
-            with tracking.open_run(cfg.experiment, f"{row.optimizer}-{workload}",
-                                   run_id=ids.children[f"{row.optimizer}-{workload}"]) as child:
-                child.log_metrics({k: v for k, v in numbers.items() if math.isfinite(v)}, 0)
+            child = tracking.existing_run(ids.children[f"{row.optimizer}-{workload}"])
+            child.log_metrics({k: v for k, v in numbers.items() if math.isfinite(v)}, 0)
 
 
 def rule(cfg: TuneConfig, parent: tracking.Run, ids: RunIds, results: list[StudyResult]) -> tuple[str, list[str]]:
     """Log the verdict on the parent and its children; returns verdict.md and its decision lines."""
     per_workload, defaults, curves = judge(cfg, results)
-    _log_rows(cfg, ids, per_workload)
+    _log_rows(ids, per_workload)
     for workload, by_optimizer in curves.items():
         parent.log_figure(verdict_figures.budget_figure(by_optimizer, _scores(cfg)[workload][0], workload),
                           f"plots/budget_{workload}.png")
