@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import optuna
 import pytest
@@ -14,6 +15,11 @@ from optuna.trial import TrialState
 from test_tune import _studies
 
 from pipeline.sweeps.tune import batch, search
+
+
+class Plan(NamedTuple):  # what batch.in_turn reads of a StudyPlan
+    label: str
+    workload: str
 
 
 def _study() -> optuna.Study:
@@ -49,6 +55,22 @@ def test_with_as_many_studies_as_workers_a_worker_takes_all_that_is_left_of_a_st
     for _ in range(6):
         study.ask()
     assert batch.share(study, budget, workers=2, studies=36) == 1  # nothing left: still one ask (it ends surplus)
+
+
+def test_workers_taking_whole_studies_start_on_different_workloads_and_each_visits_every_study_once():
+    """Two workers over the demo's 36 studies (optimizer-major: each optimizer on Rosenbrock, then on Ackley):
+    worker 0 begins with every Rosenbrock study, worker 1 with every Ackley one, then each goes on round; so each
+    mostly draws one function's picture backgrounds."""
+    plans = [Plan(f"{optimizer}-{workload}", workload) for optimizer in ("adam", "sgd", "lion")
+             for workload in ("rosenbrock", "ackley")]
+    first, second = batch.in_turn(plans, 0, 2), batch.in_turn(plans, 1, 2)
+    assert [p.label for p in first] == ["adam-rosenbrock", "sgd-rosenbrock", "lion-rosenbrock", "adam-ackley",
+                                        "sgd-ackley", "lion-ackley"]
+    assert [p.label for p in second] == [p.label for p in first[3:] + first[:3]]
+    assert [p.label for p in batch.in_turn(plans, 2, 3)] == ["sgd-ackley", "lion-ackley", "adam-rosenbrock",
+                                                            "sgd-rosenbrock", "lion-rosenbrock", "adam-ackley"]
+    assert batch.in_turn(plans[:1], 1, 2) == plans[:1]  # fewer studies than workers: they split each, in one order
+    assert batch.in_turn(plans, 0, 1) == first
 
 
 def test_a_retry_is_run_before_new_points_and_keeps_the_trials_params():
