@@ -3,6 +3,7 @@ setting is rerun over seeds, and one MLflow parent run holds the comparison. The
 (same storage, same tracking server) joins the study; run again, it continues it."""
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import multiprocessing
 import os
@@ -123,8 +124,7 @@ def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, index: int, take_sig
                     shared: Any) -> None:
     """A local worker process: the same loop as the main one, counting its trials into `shared`, once it has
     said it is `ready`; SIGTERM (and SIGINT, unless the command ignores it: a background job) end its trial's
-    run KILLED. Done, it leaves at once: every run has ended and every write is committed, and the interpreter's
-    teardown of torch, MLflow and SQLAlchemy (1-2 s, measured) would only keep the command waiting."""
+    run KILLED. Done, it leaves once multiprocessing has run its finalizers (`_leave`)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     numbers = (signal.SIGINT, signal.SIGTERM) if take_sigint else (signal.SIGTERM,)
     try:
@@ -135,6 +135,14 @@ def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, index: int, take_sig
             worker.work()
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    atexit.register(_leave)  # the last registered: the first to run
+
+
+def _leave() -> None:
+    """A worker process that is done leaves at once: its runs have ended, its writes are committed, and
+    multiprocessing's finalizers have run (they release what the process made: tqdm's lock, for one); the rest of
+    the interpreter's teardown (MLflow's exit handlers, unloading torch, MLflow and SQLAlchemy: 1-2 s, measured)
+    would only keep the command waiting."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_OK)
