@@ -120,13 +120,12 @@ def _undo(runs: dict) -> None:
                           "created them again")
 
 
-def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, index: int, take_sigint: bool, ready: Any,
-                    shared: Any) -> None:
+def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, index: int, sigint: bool, ready: Any, shared: Any) -> None:
     """A local worker process: the same loop as the main one, counting its trials into `shared`, once it has
     said it is `ready`; SIGTERM (and SIGINT, unless the command ignores it: a background job) end its trial's
     run KILLED. Done, it leaves once multiprocessing has run its finalizers (`_leave`)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    numbers = (signal.SIGINT, signal.SIGTERM) if take_sigint else (signal.SIGTERM,)
+    numbers = (signal.SIGINT, signal.SIGTERM) if sigint else (signal.SIGTERM,)
     try:
         with stopped_by_signals(numbers, restore=False):  # a second signal, while the run ends, is ignored
             storage = search.open_storage(url, cfg.heartbeat_s, on_stale)
@@ -139,12 +138,10 @@ def _worker_process(cfg: TuneConfig, ids: RunIds, url: str, index: int, take_sig
 
 
 def _leave() -> None:
-    """A worker process that is done leaves at once: its runs have ended, its writes are committed, and
-    multiprocessing's finalizers have run (they release what the process made: tqdm's lock, for one); the rest of
-    the interpreter's teardown (MLflow's exit handlers, unloading torch, MLflow and SQLAlchemy: 1-2 s, measured)
-    would only keep the command waiting."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    """A done worker's exit, after multiprocessing's finalizers (tqdm's lock) and before the rest of the teardown
+    (MLflow's exit handlers, unloading torch: 1-2 s the command waited for; its runs ended, its writes committed)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
     os._exit(EXIT_OK)
 
 
@@ -271,7 +268,6 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     """Join (or start) the study, work until every study is done, report; returns (parent run id, the tuned
     table in Markdown, one line per workload saying who wins at default settings and who wins tuned)."""
     from pipeline.sweeps.tune.report import collect, report  # noqa: PLC0415 - here: spawned workers never import it
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cfg = dataclasses.replace(cfg, workers=worker_count(cfg))
     for workload, optimizer, why in cfg.skipped:
@@ -289,8 +285,7 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     counter = Counter(multiprocessing.get_context("spawn").Value("i", 0))
     with tracking.open_run(cfg.experiment, f"tune-{cfg.kind}", run_id=ids.parent) as parent:
         try:
-            with progress.bar(f"tune {cfg.kind}", total, counter, "trial",
-                              initial=studies.counted()):
+            with progress.bar(f"tune {cfg.kind}", total, counter, "trial", initial=studies.counted()):
                 run_workers(cfg, ids, url, studies, cifar, counter)
         except KeyboardInterrupt:  # the parent ends KILLED with its block; the per-optimizer runs too
             for run_id in ids.children.values():

@@ -401,12 +401,13 @@ def test_with_a_gpu_each_the_workers_train_to_the_end_however_long(tracking, sto
     """Several GPUs (simulated: CUDA_VISIBLE_DEVICES=0,0; CPU here): one worker process per GPU does every trial
     and this process only waits. The workers are held (SIGSTOP) for 32 s mid-trial, so their work outlasts the
     30 s stop timeout on any machine. Before: it waited 30 s, then terminated them mid-trial, their runs stayed
-    RUNNING and it did the rest alone."""
+    RUNNING and it did the rest alone. Trials of 8 epochs: on a loaded machine the two workers' starts can lie
+    seconds apart, and both must be mid-trial at once."""
     experiment = new_experiment()
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "tune", "--task", "cifar", "--optimizers", "adam", "--trials", "2",
          "--seeds", "1", "--model", "tiny_cnn", "--data_dir", str(SHARED_SUBSET), "--train_limit", "256",
-         "--val_limit", "128", "--epochs", "3", "--log_model", "false", "--system_metrics", "false",
+         "--val_limit", "128", "--epochs", "8", "--log_model", "false", "--system_metrics", "false",
          "--heartbeat_s", "60", "--experiment", experiment], cwd=REPO, text=True, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env={**os.environ, "MLFLOW_TRACKING_URI": store_uri, "CUDA_VISIBLE_DEVICES": "0,0"})
     workers = _both_at_work(tracking, experiment, process)
