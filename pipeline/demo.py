@@ -28,7 +28,7 @@ CIFAR_CPU = {"task": "cifar", "epochs": "2", "train_limit": "256", "val_limit": 
 TUNE = {"task": "toy", "functions": "rosenbrock,ackley", "trials": "8", "seeds": "3",
         "workers": str(max(1, min(2, os.cpu_count() or 1)))}
 # About how long each part takes on 2 CPU cores (measured: docs/performance.md), said before it starts.
-EXPECTED_CPU_S = {"toy": 25, "cifar": 95, "tune": 65}
+EXPECTED_CPU_S = {"toy": 25, "cifar": 90, "tune": 50}
 
 
 def where_to_look(experiment: str) -> str:
