@@ -171,14 +171,14 @@ def worker_count(cfg: TuneConfig) -> int:
     return len(gpus) if len(gpus) > 1 else 1
 
 
-def run_workers(cfg: TuneConfig, ids: RunIds, url: str, studies: Studies, cifar: tuple | None = None,
+def run_workers(ids: RunIds, url: str, studies: Studies, cifar: tuple | None = None,
                 progress: Counter | None = None) -> None:
     """Take trials here and in workers-1 more processes until every study is done, all counting into
     `progress`. With several GPUs every worker is a process of its own, each seeing one GPU
     (CUDA_VISIBLE_DEVICES), and this one only waits. Otherwise this one works too: at once where workers take
     whole studies (batch.whole_studies), else once the others are ready (they import torch first: seconds), so
     that workers started together split each study's trials."""
-    progress = progress or Counter()
+    cfg, progress = studies.cfg, progress or Counter()
     devices = gpu_plan(cfg.workers, _visible_gpus() if cfg.workers > 1 and cfg.kind != "toy" else [])
     here = devices[0] is None  # no GPU split: this process is worker 0
     extra = _start_workers(cfg, ids, url, list(enumerate(devices[1:] if here else devices, start=1 if here else 0)),
@@ -286,12 +286,12 @@ def tune(cfg: TuneConfig) -> tuple[str, str, list[str]]:
     with tracking.open_run(cfg.experiment, f"tune-{cfg.kind}", run_id=ids.parent) as parent:
         try:
             with progress.bar(f"tune {cfg.kind}", total, counter, "trial", initial=studies.counted()):
-                run_workers(cfg, ids, url, studies, cifar, counter)
+                run_workers(ids, url, studies, cifar, counter)
         except KeyboardInterrupt:  # the parent ends KILLED with its block; the per-optimizer runs too
             for run_id in ids.children.values():
                 tracking.end_run(run_id, "KILLED")
             raise
-        results = collect(cfg, studies)
+        results = collect(studies)
         markdown, lines = report(cfg, parent, ids, results)
         tracking.share_sweep_view(parent.experiment_id, parent.run_id, ("tag", "study"), role="optimizer")
         scored = dict.fromkeys(cfg.score_of(plan)[0] for plan in cfg.children)

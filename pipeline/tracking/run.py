@@ -104,9 +104,9 @@ class Run:
             self.client.log_batch(self.run_id, metrics=metrics[begin: begin + _BATCH])
         return 1 + max(0, -(-(len(metrics) - room) // _BATCH))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """One step's metrics, now, in one call."""
-        self.log_steps([(step, int(time.time() * 1000), metrics)])
+    def log_metrics(self, metrics: Mapping[str, float], step: int, tags: Mapping[str, Any] | None = None) -> None:
+        """One step's metrics, now, in one call (with `tags`, if given)."""
+        self.log_steps([(step, int(time.time() * 1000), metrics)], tags=tags)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags on the run, in one call."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import numpy as np
 
@@ -39,9 +38,9 @@ def _records(studies: Studies, plan: StudyPlan, phase: str) -> list[TrialRecord]
     return found
 
 
-def collect(cfg: TuneConfig, studies: Studies) -> list[StudyResult]:
+def collect(studies: Studies) -> list[StudyResult]:
     """Every study's trials, default run and seed reruns, from the Optuna storage (and times from MLflow)."""
-    results = []
+    cfg, results = studies.cfg, []
     for plan in cfg.children:
         trials = _records(studies, plan, "trials")
         defaults = [t for t in trials if t.default and t.state == "complete"]
@@ -108,7 +107,7 @@ def _log_children(results: list[StudyResult], ids: RunIds, cfg: TuneConfig) -> l
             metrics = {key: float(row[key]) for key in ("default_score", "best_trial_score", "score_mean", "score_sd",
                                                         "trials_completed", "trials_pruned", "trials_failed")
                        if math.isfinite(row[key])}
-            child.log_steps([(0, int(time.time() * 1000), metrics)], tags={  # one call for both
+            child.log_metrics(metrics, 0, tags={
                 "best_trial": row["best_trial"], "best_run_id": result.best.run_id if result.best else "",
                 "seed_run_ids": ",".join(s.run_id for s in result.seeds)})
     return table
